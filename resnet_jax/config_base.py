@@ -1,0 +1,94 @@
+"""The one schema every config file starts from.
+
+Config files in `configs/` call `base_config()` and change fields; they never add new top-level
+keys, so that a typo on the command line (`--config.optimizer.lrr=0.1`) is an error, not a silently
+ignored field.
+"""
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Returns the full schema with defaults (a tiny run on fake data)."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.model = ml_collections.ConfigDict(dict(
+      name='small_resnet',
+      shortcut='',            # '' = the family's default (A for CIFAR, B for ImageNet)
+      variant='v1.5',         # 'v1' (paper: stride on the first 1x1) or 'v1.5' (stride on the 3x3)
+      residual=True,          # False gives the paper's plain net with the same layers
+      zero_init_residual=False,
+      width=0,                # 0 = the family's default width
+      bn_momentum=0.9,
+      bn_epsilon=1e-5,
+      bn_group_size=0,        # 0 = statistics over the global batch; k = ghost BN over groups of k
+  ))
+
+  c.data = ml_collections.ConfigDict(dict(
+      source='fake',          # 'tfds' | 'idx' | 'folder' | 'fake'
+      name='',                # tfds name (source='tfds')
+      data_dir='',            # tfds data_dir, idx directory or prepared folder dataset
+      train_split='train',
+      eval_split='test',
+      holdout=0,              # >0: hold out the last N training examples as the eval split
+      image_size=32,          # training crop and eval crop size
+      eval_resize=0,          # ImageNet-style eval: shorter side to this, then centre crop
+      augment='none',         # 'imagenet_scale' | 'inception_crop' | 'cifar' | 'none'
+      scale_range=(256, 480),  # shorter side range for 'imagenet_scale'
+      pad=4,                  # 'cifar': zero padding before the random crop
+      hflip=True,
+      vflip=False,
+      mean=(0.5,),            # per-channel, on the [0, 1] scale; () = plain [0, 1] rescaling
+      std=(0.5,),
+      pca_lighting=0.0,       # AlexNet colour lighting strength (0.1 in the paper); RGB only
+      device_resident=False,  # whole split on the devices, augmentation in jitted JAX
+      num_workers=0,          # grain worker processes (0 = in the main process)
+      prefetch=2,             # batches prefetched to the devices
+      skip_bad_images=False,  # True: skip undecodable files and count them; False: fail naming them
+      fake_num_examples=1024,
+      fake_num_classes=10,
+      fake_image_shape=(32, 32, 3),
+  ))
+
+  c.batch_size = 64           # global, over all devices and hosts
+  c.eval_batch_size = 128
+  c.num_epochs = 1.0          # used when num_steps <= 0
+  c.num_steps = 40
+  c.dtype = 'float32'         # compute dtype: 'float32' or 'bfloat16'
+
+  c.optimizer = ml_collections.ConfigDict(dict(
+      name='sgd',
+      lr=0.1,                 # learning rate at `lr_batch_size`; scaled linearly to `batch_size`
+      lr_batch_size=256,
+      momentum=0.9,
+      nesterov=False,
+      weight_decay=1e-4,
+      decoupled_weight_decay=False,  # False: L2 added to the gradient, as in the paper
+      decay_bn_and_bias=True,        # False: no weight decay on BN parameters and biases
+      grad_clip_norm=0.0,            # 0 = off
+      ema_decay=0.0,                 # 0 = off; e.g. 0.9999 keeps an EMA of the weights
+  ))
+  c.schedule = ml_collections.ConfigDict(dict(
+      name='multistep',       # 'multistep' | 'cosine' | 'constant' | 'linear'
+      unit='epochs',          # unit of `boundaries` and `warmup`: 'epochs' or 'steps'
+      boundaries=(),          # multistep: where the rate is multiplied by `decay_factor`
+      decay_factor=0.1,
+      warmup=0.0,
+  ))
+  c.label_smoothing = 0.0
+
+  c.log_every_steps = 10
+  c.eval_every_steps = 0      # 0 = at the end of every epoch and at the end
+  c.checkpoint_every_steps = 0  # 0 = at the end of every epoch and at the end
+  c.keep_checkpoints = 2
+  c.keep_best_checkpoints = 1
+  c.best_metric = 'eval/top1'
+  c.profile_steps = (0, 0)    # (first, last) step of a JAX profiler trace; (0, 0) = off
+
+  c.eval = ml_collections.ConfigDict(dict(
+      protocol='center_crop',  # 'center_crop' | 'ten_crop' | 'multi_scale'
+      scales=(224, 256, 384, 480, 640),
+      checkpoint='latest',     # 'latest' | 'best'
+  ))
+  return c
