@@ -1,0 +1,18 @@
+"""Fashion-MNIST: the default demo, which runs offline on a fresh machine.
+
+    apt-get install dataset-fashion-mnist   # idx files under /usr/share/datasets/fashion-mnist
+    python -m resnet_jax.main --config=configs/fashion_mnist.py --workdir=runs/fmnist
+
+A CIFAR-style ResNet-20 (option A, one input channel) with the paper's CIFAR recipe scaled to
+Fashion-MNIST's 60k/10k split: batch 128, SGD momentum 0.9, weight decay 1e-4, lr 0.1 divided
+by 10 at 50% and 75% of training; 4-pixel pad, 28x28 random crop and horizontal flip, all on the
+device. The variant argument picks another CIFAR-family model (`:resnet56`, `:plain20`, ...);
+`--config.num_epochs` sets the length (default 30).
+"""
+
+from resnet_jax.config_base import idx_config
+
+
+def get_config(arg: str | None = None):
+  return idx_config(arg, dataset='fashion_mnist', data_dir='/usr/share/datasets/fashion-mnist',
+                    mean=0.2860, std=0.3530, hflip=True)

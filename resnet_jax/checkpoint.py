@@ -1,0 +1,171 @@
+"""Checkpoints: orbax CheckpointManager with the train state, the data iterator and the config.
+
+Saves are asynchronous and atomic (orbax writes into a temporary directory and renames it when
+complete), so a process killed during a save leaves the previous checkpoint as the latest. The
+last `keep` checkpoints are kept, and the `keep_best` best by a metric among those saved with
+eval metrics. Restoring places the arrays on the current mesh, so a checkpoint written on 8
+devices restores onto 1 and vice versa.
+"""
+
+import json
+import signal
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+from absl import logging
+from jax.experimental import multihost_utils
+
+from resnet_jax.train.state import TrainState
+
+CHECKPOINT_DIR = 'checkpoints'
+
+
+class CheckpointMismatchError(ValueError):
+  """The checkpoint in the workdir was written for another model or shape."""
+
+
+class CheckpointError(OSError):
+  """A checkpoint directory that cannot be opened or read."""
+
+
+class Checkpointer:
+  """Saves and restores (state, data iterator state, config) under `workdir/checkpoints`."""
+
+  def __init__(self, workdir: str | Path, *, keep: int = 2, keep_best: int = 1,
+               best_metric: str = 'eval/top1', async_save: bool = True):
+    self.directory = Path(workdir).absolute() / CHECKPOINT_DIR
+    self.best_metric = best_metric
+    policies = [ocp.checkpoint_managers.LatestN(n=max(keep, 1))]
+    if keep_best:
+      policies.append(ocp.checkpoint_managers.BestN(
+          get_metric_fn=lambda m: m[best_metric], reverse=lower_is_better(best_metric),
+          n=keep_best, keep_checkpoints_without_metrics=False))
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
+        enable_async_checkpointing=async_save,
+        create=True,
+    )
+    try:
+      self._manager = ocp.CheckpointManager(self.directory, options=options)
+    except Exception as e:
+      raise CheckpointError(f'cannot open the checkpoint directory {self.directory}: {e}') from e
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def best_step(self) -> int | None:
+    return self._manager.best_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self._manager.all_steps())
+
+  def save(self, step: int, state: TrainState, data_state: dict[str, Any] | None,
+           config: ml_collections.ConfigDict, metrics: dict[str, float] | None = None) -> None:
+    """Starts an (asynchronous) save of everything needed to continue at `step`."""
+    items = dict(state=ocp.args.StandardSave(state),
+                 config=ocp.args.JsonSave(config.to_dict()))
+    if data_state is not None:
+      items['data'] = ocp.args.JsonSave(data_state)
+    saved_metrics = None
+    if metrics and self.best_metric in metrics:
+      saved_metrics = {k: float(v) for k, v in metrics.items()}
+    self._manager.save(step, args=ocp.args.Composite(**items), metrics=saved_metrics, force=True)
+
+  def restore(self, template: TrainState, config: ml_collections.ConfigDict,
+              step: int | None = None) -> tuple[TrainState, dict[str, Any] | None]:
+    """Restores onto the shardings of `template` (arrays or ShapeDtypeStructs)."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f'no checkpoint in {self.directory}')
+    path = self.directory / str(step)
+    saved_config = self._restore_item(step, 'config', ocp.args.JsonRestore())
+    check_compatible(saved_config, config, path)
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), template)
+    state = self._restore_item(step, 'state', ocp.args.StandardRestore(abstract))
+    data_state = None
+    if (path / 'data').exists():
+      data_state = self._restore_item(step, 'data', ocp.args.JsonRestore())
+    logging.info('restored checkpoint %s', path)
+    return state, data_state
+
+  def _restore_item(self, step: int, name: str, args: Any) -> Any:
+    path = self.directory / str(step) / name
+    try:
+      return self._manager.restore(step, args=ocp.args.Composite(**{name: args}))[name]
+    except Exception as e:
+      raise CheckpointError(f'checkpoint {path} could not be read ({type(e).__name__}: {e}); '
+                         'it may be corrupt: move it away to resume from an earlier one') from e
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.close()
+
+
+def lower_is_better(metric: str) -> bool:
+  return 'loss' in metric or 'error' in metric
+
+
+def is_better(new: dict[str, float], old: dict[str, float], metric: str) -> bool:
+  if lower_is_better(metric):
+    return new[metric] < old[metric]
+  return new[metric] > old[metric]
+
+
+def check_compatible(saved: dict[str, Any], config: ml_collections.ConfigDict, path: Path) -> None:
+  """Refuses a checkpoint written for another model or input shape, saying what differs."""
+  current = config.to_dict()
+  keys = [('model', k) for k in ('name', 'shortcut', 'residual', 'variant', 'width')]
+  keys += [('data', k) for k in ('source', 'name', 'image_size')]
+  diffs = []
+  for section, key in keys:
+    old = saved.get(section, {}).get(key)
+    new = current.get(section, {}).get(key)
+    if old is not None and old != new:
+      diffs.append(f'{section}.{key}: checkpoint {old!r}, config {new!r}')
+  if diffs:
+    raise CheckpointMismatchError(
+        f'the checkpoint {path} does not match the config ({"; ".join(diffs)}); '
+        'use another --workdir or the config the checkpoint was written with')
+
+
+class PreemptionWatcher:
+  """Turns SIGTERM (TPU VM or SLURM preemption notice) into a stop at the next step boundary.
+
+  With several processes, JAX's preemption sync point makes every process agree on the step;
+  in a single process a signal handler sets a flag.
+  """
+
+  def __init__(self):
+    self._signalled = False
+    self._multi = jax.process_count() > 1
+    if not self._multi:
+      self._previous = signal.signal(signal.SIGTERM, self._on_signal)
+
+  def _on_signal(self, signum, frame) -> None:
+    del signum, frame
+    logging.warning('SIGTERM received: saving a checkpoint at the next step boundary')
+    self._signalled = True
+
+  def reached(self, step: int) -> bool:
+    if self._multi:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self._signalled
+
+  def close(self) -> None:
+    if not self._multi:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def write_json(path: Path, obj: Any) -> None:
+  """Writes JSON atomically (write, then rename), process 0 only."""
+  if jax.process_index() != 0:
+    return
+  tmp = path.with_suffix(path.suffix + '.tmp')
+  tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
+  tmp.replace(path)

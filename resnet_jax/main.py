@@ -1,0 +1,57 @@
+"""Entry point: `python -m resnet_jax.main --config=configs/imagenet.py --workdir=DIR`.
+
+--config takes a config file, an optional variant (`configs/imagenet.py:resnet34`) and field
+overrides (`--config.optimizer.lr=0.2`); an unknown field is an error. The same command on the
+same workdir resumes from the latest checkpoint.
+"""
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from resnet_jax import parallel
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (path[:variant]).',
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory: checkpoints, logs, plots.')
+_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval'],
+                          'train (resumes if the workdir has a checkpoint) or eval.')
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator_address', '', 'host:port of process 0, for multi-process runs outside '
+    'TPU pods and SLURM (or JAX_COORDINATOR_ADDRESS).')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', 0, 'Process count (or JAX_NUM_PROCESSES).')
+_PROCESS_ID = flags.DEFINE_integer('process_id', -1, 'This process (or JAX_PROCESS_ID).')
+_INIT_TIMEOUT = flags.DEFINE_integer('distributed_timeout', 300,
+                                     'Seconds to wait for the coordinator.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv: list[str]) -> int:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                                  _INIT_TIMEOUT.value)
+  # Imported after distributed start-up: nothing may touch the devices before it.
+  from resnet_jax import evaluate
+  from resnet_jax.train import loop
+
+  config = _CONFIG.value
+  if _MODE.value == 'train':
+    loop.train_and_evaluate(config, _WORKDIR.value)
+  else:
+    evaluate.evaluate_workdir(config, _WORKDIR.value)
+  return 0
+
+
+def run() -> None:
+  try:
+    app.run(main)
+  except (ValueError, OSError, FloatingPointError) as e:  # bad input, files, NaN: no traceback
+    logging.error('%s', e)
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
+
+
+if __name__ == '__main__':
+  run()

@@ -1,0 +1,91 @@
+"""Device mesh, shardings and multi-process start-up.
+
+The step is `jax.jit` over a one-axis `Mesh` named 'data'. The global batch is sharded along that
+axis and everything else (params, BN statistics, optimizer state) is replicated, so XLA inserts the
+gradient all-reduce and the cross-device BatchNorm reductions itself. The same program runs on
+one CPU, eight GPUs or a TPU pod; only the mesh changes.
+"""
+
+import os
+from typing import Any
+
+import jax
+import numpy as np
+from absl import logging
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+DATA_AXIS = 'data'
+
+
+def create_mesh(num_devices: int = 0) -> Mesh:
+  """A 1-D mesh over the first `num_devices` devices (0 = all, over every process)."""
+  devices = jax.devices()
+  if num_devices:
+    if jax.process_count() > 1:
+      raise ValueError('--devices is for single-process runs; use every device of a multi-host job')
+    if num_devices > len(devices):
+      raise ValueError(f'asked for {num_devices} devices but only {len(devices)} are present')
+    devices = devices[:num_devices]
+  return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Leading (batch) axis split over the mesh."""
+  return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def check_batch_size(batch_size: int, mesh: Mesh, what: str = 'batch_size') -> None:
+  """Refuses a global batch that the devices (and processes) cannot share evenly."""
+  n = mesh.devices.size
+  if batch_size % n:
+    raise ValueError(
+        f'{what}={batch_size} is not divisible by the number of devices ({n}); '
+        f'use a multiple of {n}')
+  if batch_size % jax.process_count():
+    raise ValueError(
+        f'{what}={batch_size} is not divisible by the number of processes ({jax.process_count()})')
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+  """Places a host pytree on every device of the mesh."""
+  return jax.device_put(tree, replicated(mesh))
+
+
+def is_main_process() -> bool:
+  return jax.process_index() == 0
+
+
+def initialize_distributed(coordinator: str = '', num_processes: int = 0, process_id: int = -1,
+                           timeout_s: int = 300) -> None:
+  """Starts JAX's multi-process runtime when the job has several processes.
+
+  TPU pods and SLURM are detected by JAX itself; elsewhere the coordinator, process count and
+  process id come from the arguments or from JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and
+  JAX_PROCESS_ID. A single process needs none of this and nothing is done.
+  """
+  coordinator = coordinator or os.environ.get('JAX_COORDINATOR_ADDRESS', '')
+  num_processes = num_processes or int(os.environ.get('JAX_NUM_PROCESSES', '0'))
+  if process_id < 0:
+    process_id = int(os.environ.get('JAX_PROCESS_ID', '-1'))
+  managed = 'SLURM_NTASKS' in os.environ and int(os.environ['SLURM_NTASKS']) > 1
+  managed |= 'TPU_WORKER_HOSTNAMES' in os.environ or 'MEGASCALE_COORDINATOR_ADDRESS' in os.environ
+  if not coordinator and not managed:
+    return
+  kwargs = {}
+  if coordinator:
+    if num_processes <= 0 or process_id < 0:
+      raise ValueError('a coordinator address needs the process count and this process id '
+                       '(--num_processes/--process_id or JAX_NUM_PROCESSES/JAX_PROCESS_ID)')
+    kwargs = dict(coordinator_address=coordinator, num_processes=num_processes,
+                  process_id=process_id)
+  logging.info('jax.distributed.initialize(%s)', kwargs or 'auto-detected cluster')
+  try:
+    jax.distributed.initialize(initialization_timeout=timeout_s, **kwargs)
+  except Exception as e:  # JAX raises several types here; all mean the same to the user.
+    where = coordinator or 'the auto-detected coordinator'
+    raise ConnectionError(f'could not join the distributed job at {where} within {timeout_s} s: '
+                       f'{e}') from e

@@ -1,0 +1,1 @@
+"""Training: state, optimizer and schedules, the pure steps, and the loop."""

@@ -1,0 +1,228 @@
+"""The training loop: set-up, the step loop, periodic eval, logging and checkpoints.
+
+Side effects live here (files, logging, signals); the steps it calls are pure. The loop never
+waits on the device except where it must read a number: at logging, eval and checkpoint time.
+"""
+
+import functools
+import math
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from resnet_jax import data, models, parallel, plots, profiling
+from resnet_jax.checkpoint import Checkpointer, PreemptionWatcher, is_better, write_json
+from resnet_jax.models.summary import count_params
+from resnet_jax.progress import Progress, format_end_summary, format_start_summary
+from resnet_jax.train import optim
+from resnet_jax.train.state import TrainState, create_train_state
+from resnet_jax.train.steps import eval_step, train_step
+from resnet_jax.writers import MetricWriter
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss became NaN or infinite; the message names the step."""
+
+
+def create_model_from_config(config: ml_collections.ConfigDict, num_classes: int):
+  m = config.model
+  return models.create_model(
+      m.name, num_classes=num_classes, shortcut=m.shortcut or None, residual=m.residual,
+      variant=m.variant, zero_init_residual=m.zero_init_residual, width=m.width or None,
+      bn_momentum=m.bn_momentum, bn_epsilon=m.bn_epsilon, bn_group_size=m.bn_group_size or None,
+      dtype=config.dtype)
+
+
+def total_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
+  if config.num_steps > 0:
+    return int(config.num_steps)
+  return int(math.ceil(config.num_epochs * steps_per_epoch))
+
+
+class Trainer:
+  """Everything built once per run: mesh, inputs, model, optimizer and the compiled steps."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str | Path, *,
+               with_train_input: bool = True):
+    self.config = config
+    self.workdir = Path(workdir)
+    self.mesh = parallel.create_mesh()
+    parallel.check_batch_size(config.batch_size, self.mesh)
+    parallel.check_batch_size(config.eval_batch_size, self.mesh, 'eval_batch_size')
+    self.eval_input = data.create_input(config, self.mesh, train=False)
+    self.train_input = data.create_input(config, self.mesh, train=True) if with_train_input else None
+    info = self.eval_input.info
+    self.model = create_model_from_config(config, info.num_classes)
+    self.steps_per_epoch = self.train_input.steps_per_epoch if self.train_input else 1
+    self.total_steps = total_train_steps(config, self.steps_per_epoch)
+    self.schedule = optim.create_schedule(config, self.steps_per_epoch, self.total_steps)
+    self.tx = optim.create_optimizer(config, self.schedule)
+
+    init = functools.partial(create_train_state, self.model, self.tx,
+                             image_shape=tuple(info.image_shape),
+                             ema=config.optimizer.ema_decay > 0)
+    abstract = jax.eval_shape(init, jax.random.PRNGKey(config.seed))
+    self.state_sharding = jax.tree.map(lambda _: parallel.replicated(self.mesh), abstract)
+    self._init = jax.jit(init, out_shardings=self.state_sharding)
+    batch = parallel.batch_sharding(self.mesh)
+    self.train_step = jax.jit(
+        functools.partial(train_step, model=self.model, tx=self.tx, schedule=self.schedule,
+                          config=config),
+        in_shardings=(self.state_sharding, batch),
+        out_shardings=(self.state_sharding, parallel.replicated(self.mesh)),
+        donate_argnums=0)
+    self.eval_step = jax.jit(
+        functools.partial(eval_step, model=self.model, config=config),
+        in_shardings=(self.state_sharding, batch),
+        out_shardings=parallel.replicated(self.mesh))
+
+  def init_state(self) -> TrainState:
+    return self._init(jax.random.PRNGKey(self.config.seed))
+
+  def evaluate(self, state: TrainState) -> dict[str, float]:
+    """One pass over the eval split; every example counted exactly once."""
+    sums = None
+    for batch in self.eval_input:
+      out = self.eval_step(state, batch)
+      sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+    sums = jax.device_get(sums)
+    n = float(sums['count'])
+    return {'eval/loss': float(sums['loss']) / n, 'eval/top1': float(sums['top1']) / n,
+            'eval/top5': float(sums['top5']) / n}
+
+  def run_info(self, state: TrainState) -> dict[str, Any]:
+    n_dev = self.mesh.devices.size
+    return {
+        'model': self.config.model.name,
+        'params': count_params(state.params),
+        'devices': f'{n_dev} x {jax.devices()[0].device_kind}',
+        'processes': jax.process_count(),
+        'mesh': dict(self.mesh.shape),
+        'global_batch': self.config.batch_size,
+        'per_device_batch': self.config.batch_size // n_dev,
+        'train_examples': self.train_input.num_examples if self.train_input else 0,
+        'eval_examples': self.eval_input.num_examples,
+        'steps_per_epoch': self.steps_per_epoch,
+        'steps': self.total_steps,
+        'jax': jax.__version__,
+    }
+
+
+def _fetch_train_metrics(pending: list[tuple[int, dict]]) -> dict[str, float]:
+  """Averages the metrics of the pending steps; raises on the first non-finite loss."""
+  steps = [s for s, _ in pending]
+  host = jax.device_get([m for _, m in pending])
+  losses = np.array([m['loss'] for m in host])
+  bad = np.flatnonzero(~np.isfinite(losses))
+  if bad.size:
+    step = steps[bad[0]]
+    raise NonFiniteLossError(
+        f'loss is {losses[bad[0]]} at step {step}; stopped with the state of step {step - 1}, '
+        'the last good one (checkpointed). Lower the learning rate or check the data.')
+  return {'train/loss': float(losses.mean()),
+          'train/top1': float(np.mean([m['top1'] for m in host])),
+          'lr': float(host[-1]['lr'])}
+
+
+def _is_boundary(step: int, every: int, steps_per_epoch: int, total: int) -> bool:
+  period = every if every > 0 else steps_per_epoch
+  return step % period == 0 or step == total
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
+  """Trains from scratch or from the latest checkpoint in `workdir`; returns the summary."""
+  workdir = Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  main = parallel.is_main_process()
+  trainer = Trainer(config, workdir)
+  ckpt = Checkpointer(workdir, keep=config.keep_checkpoints, keep_best=config.keep_best_checkpoints,
+                      best_metric=config.best_metric)
+  state = trainer.init_state()
+  if ckpt.latest_step() is not None:
+    state, data_state = ckpt.restore(state, config)
+    if data_state is not None:
+      trainer.train_input.set_state(data_state)
+  start_step = int(state.step)
+  total = trainer.total_steps
+
+  info = trainer.run_info(state)
+  write_json(workdir / 'config.json', config.to_dict())
+  write_json(workdir / 'run_info.json', info)
+  writer = MetricWriter(workdir, enabled=main)
+  if start_step == 0:
+    writer.write_config(config.to_dict())
+  if main:
+    print(format_start_summary(info), flush=True)
+  progress = Progress(total, enabled=main, initial_step=start_step)
+  profiler = profiling.StepProfiler(workdir, tuple(config.profile_steps))
+  preemption = PreemptionWatcher()
+
+  pending: list[tuple[int, dict]] = []
+  eval_metrics: dict[str, float] = {}
+  best: dict[str, float] = {}
+  last_log_time, last_log_step = time.perf_counter(), start_step
+  t0 = time.perf_counter()
+  batches: Iterator = iter(trainer.train_input)
+  step = start_step
+  try:
+    while step < total:
+      profiler.before_step(step)
+      state, metrics = trainer.train_step(state, next(batches))
+      step += 1
+      pending.append((step, metrics))
+      profiler.after_step(step)
+      preempted = preemption.reached(step)
+      if step % config.log_every_steps == 0 or step == total or preempted:
+        scalars = _fetch_train_metrics(pending)
+        now = time.perf_counter()
+        dt = (now - last_log_time) / max(step - last_log_step, 1)
+        scalars.update(images_per_sec=config.batch_size / dt, step_time_ms=1000 * dt)
+        last_log_time, last_log_step, pending = now, step, []
+        writer.write_scalars(step, scalars, epoch=step / trainer.steps_per_epoch)
+        progress.update(step, scalars)
+      evaluated = False
+      if _is_boundary(step, config.eval_every_steps, trainer.steps_per_epoch, total):
+        eval_metrics = trainer.evaluate(state)
+        evaluated = True
+        writer.write_scalars(step, eval_metrics, epoch=step / trainer.steps_per_epoch)
+        progress.write(f'step {step}: ' + ', '.join(f'{k} {v:.4f}' for k, v in eval_metrics.items()))
+        if not best or is_better(eval_metrics, best, config.best_metric):
+          best = dict(eval_metrics, step=step)
+      if (preempted or evaluated
+          or _is_boundary(step, config.checkpoint_every_steps, trainer.steps_per_epoch, total)):
+        if pending:   # never checkpoint a state whose losses were not checked
+          _fetch_train_metrics(pending)
+          pending = []
+        ckpt.save(step, state, trainer.train_input.get_state(), config,
+                  eval_metrics if evaluated else None)
+      if preempted:
+        logging.warning('preempted: checkpoint of step %d saved; exiting', step)
+        progress.write(f'preempted at step {step}: checkpoint saved, exiting cleanly')
+        break
+  finally:
+    ckpt.wait()
+    ckpt.close()
+    preemption.close()
+    profiler.close()
+    progress.close()
+
+  summary = {
+      'final': dict(eval_metrics),
+      'best': best,
+      'steps': step,
+      'wall_time_s': time.perf_counter() - t0,
+      'preempted': step < total,
+  }
+  if main:
+    write_json(workdir / 'summary.json', summary)
+    for path in plots.write_plots(workdir):
+      writer.write_image(f'plots/{Path(path).stem}', step, path)
+    print(format_end_summary(summary), flush=True)
+  writer.close()
+  return summary

@@ -1,0 +1,68 @@
+"""Optimizer and learning-rate schedules from the config (optax)."""
+
+import jax
+import ml_collections
+import optax
+
+
+def peak_learning_rate(config: ml_collections.ConfigDict) -> float:
+  """The linear scaling rule: `optimizer.lr` is the rate at `optimizer.lr_batch_size`."""
+  return config.optimizer.lr * config.batch_size / config.optimizer.lr_batch_size
+
+
+def _to_steps(value: float, unit: str, steps_per_epoch: int, total_steps: int) -> int:
+  if unit == 'steps':
+    return int(value)
+  if unit == 'epochs':
+    return int(round(value * steps_per_epoch))
+  if unit == 'fraction':
+    return int(round(value * total_steps))
+  raise ValueError(f"schedule.unit must be 'steps', 'epochs' or 'fraction', got {unit!r}")
+
+
+def create_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int,
+                    total_steps: int) -> optax.Schedule:
+  """Multistep (the paper), cosine, linear decay or constant, each after an optional warmup."""
+  s = config.schedule
+  peak = peak_learning_rate(config)
+  warmup = _to_steps(s.warmup, s.unit, steps_per_epoch, total_steps)
+  decay_steps = max(total_steps - warmup, 1)
+  if s.name == 'multistep':
+    boundaries = {_to_steps(b, s.unit, steps_per_epoch, total_steps) - warmup: s.decay_factor
+                  for b in s.boundaries}
+    main = optax.piecewise_constant_schedule(peak, boundaries)
+  elif s.name == 'cosine':
+    main = optax.cosine_decay_schedule(peak, decay_steps)
+  elif s.name == 'linear':
+    main = optax.linear_schedule(peak, 0.0, decay_steps)
+  elif s.name == 'constant':
+    main = optax.constant_schedule(peak)
+  else:
+    raise ValueError(f"unknown schedule.name {s.name!r}; valid: 'multistep', 'cosine', "
+                     "'linear', 'constant'")
+  if not warmup:
+    return main
+  return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), main], [warmup])
+
+
+def _decay_mask(params):
+  """Weight decay on conv and dense kernels only (not on BN scales/biases or biases)."""
+  return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def create_optimizer(config: ml_collections.ConfigDict,
+                     schedule: optax.Schedule) -> optax.GradientTransformation:
+  """SGD with momentum (optionally Nesterov) and coupled (paper) or decoupled weight decay."""
+  o = config.optimizer
+  if o.name != 'sgd':
+    raise ValueError(f"unknown optimizer.name {o.name!r}; valid: 'sgd'")
+  mask = None if o.decay_bn_and_bias else _decay_mask
+  decay = optax.add_decayed_weights(o.weight_decay, mask) if o.weight_decay else None
+  momentum = optax.trace(decay=o.momentum, nesterov=o.nesterov) if o.momentum else None
+  parts = [optax.clip_by_global_norm(o.grad_clip_norm) if o.grad_clip_norm else None]
+  if o.decoupled_weight_decay:   # p -= lr * (m + wd * p): the decay skips the momentum buffer
+    parts += [momentum, decay]
+  else:                          # L2 in the gradient, as in the paper and torch.optim.SGD
+    parts += [decay, momentum]
+  parts.append(optax.scale_by_learning_rate(schedule))
+  return optax.chain(*[p for p in parts if p is not None])

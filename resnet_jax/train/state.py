@@ -1,0 +1,44 @@
+"""The train state: everything a step reads and writes, and nothing else."""
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Params, BN statistics, optimizer state, step and RNG; an EMA of the params if asked for.
+
+  The model and the optimizer are not part of the state: they are static arguments of the jitted
+  steps, so the state is a plain pytree of arrays that orbax saves as it is.
+  """
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  rng: jax.Array
+  ema_params: Any = None
+
+
+def create_train_state(model, tx: optax.GradientTransformation, rng: jax.Array,
+                       image_shape: tuple[int, ...], *, ema: bool) -> TrainState:
+  """Initialises the model on a dummy batch of one image. Pure: jit it for sharded outputs."""
+  init_rng, state_rng = jax.random.split(rng)
+  variables = model.init(init_rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+  params = variables['params']
+  return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      batch_stats=variables.get('batch_stats', {}),
+      opt_state=tx.init(params),
+      rng=state_rng,
+      ema_params=params if ema else None,
+  )
+
+
+def eval_params(state: TrainState) -> Any:
+  """The params that evaluation uses: the EMA when there is one."""
+  return state.params if state.ema_params is None else state.ema_params

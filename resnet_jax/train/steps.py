@@ -1,0 +1,83 @@
+"""The pure train and eval steps. `loop.py` compiles them once over the mesh."""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from resnet_jax.data.device_ops import prepare_images
+from resnet_jax.train.state import TrainState, eval_params
+
+Metrics = dict[str, jax.Array]
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float) -> jax.Array:
+  """Per-example cross-entropy in float32, with optional label smoothing."""
+  logits = logits.astype(jnp.float32)
+  targets = jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.float32)
+  if label_smoothing:
+    targets = optax.smooth_labels(targets, label_smoothing)
+  return optax.softmax_cross_entropy(logits, targets)
+
+
+def topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
+  """1.0 where the label is among the k highest logits (ties count against the label)."""
+  label_logit = jnp.take_along_axis(logits, labels[:, None], axis=-1)
+  return (jnp.sum(logits > label_logit, axis=-1) < k).astype(jnp.float32)
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: Any,
+               tx: optax.GradientTransformation, schedule: optax.Schedule,
+               config: ml_collections.ConfigDict) -> tuple[TrainState, Metrics]:
+  """One SGD step on a global batch. A non-finite loss leaves the state unchanged.
+
+  The state is frozen on a NaN or infinite loss (so a checkpoint written afterwards still holds
+  the last good state); the loop sees `loss` in the metrics and stops, naming the step.
+  """
+  rng = jax.random.fold_in(state.rng, state.step)
+  images = prepare_images(batch['image'], rng, train=True, data_config=config.data,
+                          dtype=jnp.dtype(config.dtype))
+
+  def loss_fn(params):
+    logits, updates = model.apply({'params': params, 'batch_stats': state.batch_stats}, images,
+                                  train=True, mutable=['batch_stats'])
+    loss = jnp.mean(cross_entropy(logits, batch['label'], config.label_smoothing))
+    return loss, (logits, updates['batch_stats'])
+
+  (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  ema = state.ema_params
+  if ema is not None:
+    d = config.optimizer.ema_decay
+    ema = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, ema, params)
+  new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                            opt_state=opt_state, ema_params=ema)
+  ok = jnp.isfinite(loss)
+  new_state = jax.tree.map(lambda new, old: jnp.where(ok, new, old), new_state, state)
+  metrics = {
+      'loss': loss,
+      'top1': jnp.mean(topk_correct(logits, batch['label'], 1)),
+      'lr': jnp.asarray(schedule(state.step), jnp.float32),
+  }
+  return new_state, metrics
+
+
+def eval_step(state: TrainState, batch: dict[str, jax.Array], *, model: Any,
+              config: ml_collections.ConfigDict) -> Metrics:
+  """Sums over the real (unmasked) examples of one eval batch: loss, top-1, top-5, count."""
+  images = prepare_images(batch['image'], None, train=False, data_config=config.data,
+                          dtype=jnp.dtype(config.dtype))
+  logits = model.apply({'params': eval_params(state), 'batch_stats': state.batch_stats}, images,
+                       train=False)
+  mask = batch['mask'].astype(jnp.float32)
+  labels = batch['label']
+  k5 = min(5, logits.shape[-1])
+  return {
+      'loss': jnp.sum(cross_entropy(logits, labels, 0.0) * mask),
+      'top1': jnp.sum(topk_correct(logits, labels, 1) * mask),
+      'top5': jnp.sum(topk_correct(logits, labels, k5) * mask),
+      'count': jnp.sum(mask),
+  }
