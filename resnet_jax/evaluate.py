@@ -6,7 +6,7 @@ from typing import Any
 import ml_collections
 
 from resnet_jax.checkpoint import Checkpointer, write_json
-from resnet_jax.train.loop import Trainer
+from resnet_jax.train.loop import create_trainer
 
 
 def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
@@ -22,10 +22,10 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str | Path) -> 
   step = ckpt.best_step() if which == 'best' else ckpt.latest_step()
   if step is None:
     raise FileNotFoundError(f'no {which} checkpoint in {ckpt.directory}')
-  trainer = Trainer(config, workdir, with_train_input=False)
+  trainer, _, eval_input = create_trainer(config, train=False)
   state, _ = ckpt.restore(trainer.init_state(), config, step)
   ckpt.close()
-  results = dict(trainer.evaluate(state), step=step, checkpoint=which,
+  results = dict(trainer.evaluate(state, eval_input), step=step, checkpoint=which,
                  protocol=config.eval.protocol)
   write_json(workdir / f'eval_{which}_{step}.json', results)
   print(', '.join(f'{k}: {v}' for k, v in results.items()), flush=True)

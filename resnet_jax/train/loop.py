@@ -8,7 +8,7 @@ import functools
 import math
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -46,49 +46,44 @@ def total_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -
 
 
 class Trainer:
-  """Everything built once per run: mesh, inputs, model, optimizer and the compiled steps."""
+  """What is built once per run: model, optimizer and the steps compiled over the mesh."""
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir: str | Path, *,
-               with_train_input: bool = True):
+  def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, *,
+               num_classes: int, image_shape: tuple[int, ...], steps_per_epoch: int):
+    parallel.check_batch_size(config.batch_size, mesh)
+    parallel.check_batch_size(config.eval_batch_size, mesh, 'eval_batch_size')
     self.config = config
-    self.workdir = Path(workdir)
-    self.mesh = parallel.create_mesh()
-    parallel.check_batch_size(config.batch_size, self.mesh)
-    parallel.check_batch_size(config.eval_batch_size, self.mesh, 'eval_batch_size')
-    self.eval_input = data.create_input(config, self.mesh, train=False)
-    self.train_input = data.create_input(config, self.mesh, train=True) if with_train_input else None
-    info = self.eval_input.info
-    self.model = create_model_from_config(config, info.num_classes)
-    self.steps_per_epoch = self.train_input.steps_per_epoch if self.train_input else 1
-    self.total_steps = total_train_steps(config, self.steps_per_epoch)
-    self.schedule = optim.create_schedule(config, self.steps_per_epoch, self.total_steps)
+    self.mesh = mesh
+    self.model = create_model_from_config(config, num_classes)
+    self.steps_per_epoch = steps_per_epoch
+    self.total_steps = total_train_steps(config, steps_per_epoch)
+    self.schedule = optim.create_schedule(config, steps_per_epoch, self.total_steps)
     self.tx = optim.create_optimizer(config, self.schedule)
 
     init = functools.partial(create_train_state, self.model, self.tx,
-                             image_shape=tuple(info.image_shape),
-                             ema=config.optimizer.ema_decay > 0)
+                             image_shape=tuple(image_shape), ema=config.optimizer.ema_decay > 0)
     abstract = jax.eval_shape(init, jax.random.PRNGKey(config.seed))
-    self.state_sharding = jax.tree.map(lambda _: parallel.replicated(self.mesh), abstract)
+    self.state_sharding = jax.tree.map(lambda _: parallel.replicated(mesh), abstract)
     self._init = jax.jit(init, out_shardings=self.state_sharding)
-    batch = parallel.batch_sharding(self.mesh)
+    batch = parallel.batch_sharding(mesh)
     self.train_step = jax.jit(
         functools.partial(train_step, model=self.model, tx=self.tx, schedule=self.schedule,
                           config=config),
         in_shardings=(self.state_sharding, batch),
-        out_shardings=(self.state_sharding, parallel.replicated(self.mesh)),
+        out_shardings=(self.state_sharding, parallel.replicated(mesh)),
         donate_argnums=0)
     self.eval_step = jax.jit(
         functools.partial(eval_step, model=self.model, config=config),
         in_shardings=(self.state_sharding, batch),
-        out_shardings=parallel.replicated(self.mesh))
+        out_shardings=parallel.replicated(mesh))
 
   def init_state(self) -> TrainState:
     return self._init(jax.random.PRNGKey(self.config.seed))
 
-  def evaluate(self, state: TrainState) -> dict[str, float]:
+  def evaluate(self, state: TrainState, eval_input: Iterable) -> dict[str, float]:
     """One pass over the eval split; every example counted exactly once."""
     sums = None
-    for batch in self.eval_input:
+    for batch in eval_input:
       out = self.eval_step(state, batch)
       sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
     sums = jax.device_get(sums)
@@ -96,22 +91,34 @@ class Trainer:
     return {'eval/loss': float(sums['loss']) / n, 'eval/top1': float(sums['top1']) / n,
             'eval/top5': float(sums['top5']) / n}
 
-  def run_info(self, state: TrainState) -> dict[str, Any]:
-    n_dev = self.mesh.devices.size
-    return {
-        'model': self.config.model.name,
-        'params': count_params(state.params),
-        'devices': f'{n_dev} x {jax.devices()[0].device_kind}',
-        'processes': jax.process_count(),
-        'mesh': dict(self.mesh.shape),
-        'global_batch': self.config.batch_size,
-        'per_device_batch': self.config.batch_size // n_dev,
-        'train_examples': self.train_input.num_examples if self.train_input else 0,
-        'eval_examples': self.eval_input.num_examples,
-        'steps_per_epoch': self.steps_per_epoch,
-        'steps': self.total_steps,
-        'jax': jax.__version__,
-    }
+
+def create_trainer(config: ml_collections.ConfigDict, *, train: bool = True):
+  """The mesh, the inputs (train only if `train`) and the trainer for a config."""
+  mesh = parallel.create_mesh()
+  eval_input = data.create_input(config, mesh, train=False)
+  train_input = data.create_input(config, mesh, train=True) if train else None
+  trainer = Trainer(config, mesh, num_classes=eval_input.info.num_classes,
+                    image_shape=tuple(eval_input.info.image_shape),
+                    steps_per_epoch=train_input.steps_per_epoch if train else 1)
+  return trainer, train_input, eval_input
+
+
+def run_info(trainer: Trainer, state: TrainState, train_input, eval_input) -> dict[str, Any]:
+  n_dev = trainer.mesh.devices.size
+  return {
+      'model': trainer.config.model.name,
+      'params': count_params(state.params),
+      'devices': f'{n_dev} x {jax.devices()[0].device_kind}',
+      'processes': jax.process_count(),
+      'mesh': dict(trainer.mesh.shape),
+      'global_batch': trainer.config.batch_size,
+      'per_device_batch': trainer.config.batch_size // n_dev,
+      'train_examples': train_input.num_examples,
+      'eval_examples': eval_input.num_examples,
+      'steps_per_epoch': trainer.steps_per_epoch,
+      'steps': trainer.total_steps,
+      'jax': jax.__version__,
+  }
 
 
 def _fetch_train_metrics(pending: list[tuple[int, dict]]) -> dict[str, float]:
@@ -140,18 +147,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   main = parallel.is_main_process()
-  trainer = Trainer(config, workdir)
+  trainer, train_input, eval_input = create_trainer(config)
   ckpt = Checkpointer(workdir, keep=config.keep_checkpoints, keep_best=config.keep_best_checkpoints,
                       best_metric=config.best_metric)
   state = trainer.init_state()
   if ckpt.latest_step() is not None:
     state, data_state = ckpt.restore(state, config)
     if data_state is not None:
-      trainer.train_input.set_state(data_state)
+      train_input.set_state(data_state)
   start_step = int(state.step)
   total = trainer.total_steps
 
-  info = trainer.run_info(state)
+  info = run_info(trainer, state, train_input, eval_input)
   write_json(workdir / 'config.json', config.to_dict())
   write_json(workdir / 'run_info.json', info)
   writer = MetricWriter(workdir, enabled=main)
@@ -168,7 +175,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   best: dict[str, float] = {}
   last_log_time, last_log_step = time.perf_counter(), start_step
   t0 = time.perf_counter()
-  batches: Iterator = iter(trainer.train_input)
+  batches: Iterator = iter(train_input)
   step = start_step
   try:
     while step < total:
@@ -188,7 +195,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         progress.update(step, scalars)
       evaluated = False
       if _is_boundary(step, config.eval_every_steps, trainer.steps_per_epoch, total):
-        eval_metrics = trainer.evaluate(state)
+        eval_metrics = trainer.evaluate(state, eval_input)
         evaluated = True
         writer.write_scalars(step, eval_metrics, epoch=step / trainer.steps_per_epoch)
         progress.write(f'step {step}: ' + ', '.join(f'{k} {v:.4f}' for k, v in eval_metrics.items()))
@@ -199,7 +206,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         if pending:   # never checkpoint a state whose losses were not checked
           _fetch_train_metrics(pending)
           pending = []
-        ckpt.save(step, state, trainer.train_input.get_state(), config,
+        ckpt.save(step, state, train_input.get_state(), config,
                   eval_metrics if evaluated else None)
       if preempted:
         logging.warning('preempted: checkpoint of step %d saved; exiting', step)

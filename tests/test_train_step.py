@@ -1,0 +1,153 @@
+"""The step: data parallelism and BN synchronisation, NaN guard, optimizer and schedules."""
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+from resnet_jax import parallel
+from resnet_jax.config_base import base_config
+from resnet_jax.train import optim
+from resnet_jax.train.loop import Trainer
+
+IMAGE_SHAPE = (16, 16, 3)
+
+
+def tiny_config(**model):
+  c = base_config()
+  c.model.name = 'small_plain'
+  c.model.width = 8
+  c.model.update(model)
+  c.batch_size = 32
+  c.eval_batch_size = 32
+  c.data.mean = (0.5,)
+  c.data.std = (0.25,)
+  c.optimizer.lr = 0.1
+  c.schedule.name = 'constant'
+  return c
+
+
+def random_batch(n=32, seed=0):
+  rng = np.random.default_rng(seed)
+  return {'image': rng.integers(0, 256, (n, *IMAGE_SHAPE), dtype=np.uint8),
+          'label': rng.integers(0, 10, (n,), dtype=np.int32)}
+
+
+def one_step(config, num_devices, batch):
+  mesh = parallel.create_mesh(num_devices)
+  trainer = Trainer(config, mesh, num_classes=10, image_shape=IMAGE_SHAPE, steps_per_epoch=10)
+  state = trainer.init_state()
+  global_batch = jax.device_put(batch, parallel.batch_sharding(mesh))
+  state, metrics = trainer.train_step(state, global_batch)
+  return jax.device_get(state), jax.device_get(metrics)
+
+
+def assert_trees_close(a, b, rtol=1e-5, atol=1e-6):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(x, y, rtol=rtol, atol=atol)
+
+
+def test_eight_devices_equal_one_device(devices):
+  """Data parallelism and synchronised BN: 8 devices compute exactly the 1-device step."""
+  batch = random_batch()
+  config = tiny_config()
+  s8, m8 = one_step(config, 8, batch)
+  s1, m1 = one_step(config, 1, batch)
+  assert int(s8.step) == 1
+  np.testing.assert_allclose(m8['loss'], m1['loss'], rtol=1e-5)
+  assert_trees_close(s8.params, s1.params)
+  assert_trees_close(s8.batch_stats, s1.batch_stats)
+
+  # Per-device (ghost) BN over groups of 4 = the 8 per-device batches gives other statistics.
+  ghost, _ = one_step(tiny_config(bn_group_size=4), 8, batch)
+  means = [np.asarray(x) for x in jax.tree.leaves(ghost.batch_stats)]
+  ref = [np.asarray(x) for x in jax.tree.leaves(s8.batch_stats)]
+  assert any(not np.allclose(a, b) for a, b in zip(means, ref))
+
+
+def test_nonfinite_loss_leaves_state_unchanged(devices):
+  config = tiny_config()
+  config.data.std = (0.0,)   # division by zero: infinite inputs, NaN loss
+  mesh = parallel.create_mesh(8)
+  trainer = Trainer(config, mesh, num_classes=10, image_shape=IMAGE_SHAPE, steps_per_epoch=10)
+  state = trainer.init_state()
+  before = jax.device_get(state)
+  state, metrics = trainer.train_step(state, jax.device_put(random_batch(),
+                                                            parallel.batch_sharding(mesh)))
+  assert not np.isfinite(float(metrics['loss']))
+  after = jax.device_get(state)
+  assert int(after.step) == 0
+  assert_trees_close(after.params, before.params, rtol=0, atol=0)
+
+
+def test_linear_scaling_rule():
+  c = tiny_config()
+  c.optimizer.lr, c.optimizer.lr_batch_size, c.batch_size = 0.1, 256, 1024
+  assert optim.peak_learning_rate(c) == pytest.approx(0.4)
+
+
+@pytest.mark.parametrize('unit,boundaries,expected', [
+    ('steps', (30, 60), {0: 0.1, 29: 0.1, 30: 0.01, 59: 0.01, 60: 0.001}),
+    ('epochs', (3, 6), {0: 0.1, 29: 0.1, 30: 0.01, 60: 0.001}),
+    ('fraction', (0.5, 0.75), {0: 0.1, 49: 0.1, 50: 0.01, 75: 0.001}),
+])
+def test_multistep_schedule(unit, boundaries, expected):
+  c = tiny_config()
+  c.batch_size = c.optimizer.lr_batch_size = 256
+  c.schedule.update(name='multistep', unit=unit, boundaries=boundaries)
+  schedule = optim.create_schedule(c, steps_per_epoch=10, total_steps=100)
+  for step, lr in expected.items():
+    assert float(schedule(step)) == pytest.approx(lr), step
+
+
+def test_warmup_then_cosine():
+  c = tiny_config()
+  c.batch_size = c.optimizer.lr_batch_size = 256
+  c.schedule.update(name='cosine', unit='steps', warmup=10)
+  schedule = optim.create_schedule(c, steps_per_epoch=10, total_steps=110)
+  assert float(schedule(0)) == 0.0
+  assert float(schedule(5)) == pytest.approx(0.05)
+  assert float(schedule(10)) == pytest.approx(0.1)
+  assert float(schedule(60)) == pytest.approx(0.05, rel=1e-3)
+  assert float(schedule(110)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_unknown_schedule_is_refused():
+  c = tiny_config()
+  c.schedule.name = 'exponential'
+  with pytest.raises(ValueError, match='exponential'):
+    optim.create_schedule(c, 10, 100)
+
+
+@pytest.mark.parametrize('decoupled', [False, True])
+def test_sgd_weight_decay_matches_hand_computation(decoupled):
+  """Two steps of SGD momentum 0.9, lr 0.1, wd 0.01, checked against the formulas."""
+  c = tiny_config()
+  c.batch_size = c.optimizer.lr_batch_size = 256
+  c.optimizer.update(weight_decay=0.01, momentum=0.9, decoupled_weight_decay=decoupled)
+  tx = optim.create_optimizer(c, optax.constant_schedule(0.1))
+  p = {'w': np.array([[1.0, -2.0]])}
+  g = {'w': np.array([[0.5, 0.25]])}
+  opt_state = tx.init(p)
+  params, m = p['w'], 0.0
+  for _ in range(2):
+    updates, opt_state = tx.update(g, opt_state, {'w': params})
+    if decoupled:
+      m = 0.9 * m + g['w']
+      expected = params - 0.1 * (m + 0.01 * params)
+    else:
+      m = 0.9 * m + g['w'] + 0.01 * params
+      expected = params - 0.1 * m
+    params = params + updates['w']
+    np.testing.assert_allclose(params, expected, rtol=1e-6)
+
+
+def test_bn_and_bias_excluded_from_weight_decay():
+  c = tiny_config()
+  c.optimizer.update(weight_decay=0.5, momentum=0.0, decay_bn_and_bias=False)
+  tx = optim.create_optimizer(c, optax.constant_schedule(1.0))
+  params = {'kernel': np.ones((2, 2)), 'scale': np.ones((2,))}
+  zeros = jax.tree.map(np.zeros_like, params)
+  updates, _ = tx.update(zeros, tx.init(params), params)
+  np.testing.assert_allclose(updates['kernel'], -0.5)
+  np.testing.assert_allclose(updates['scale'], 0.0)
