@@ -8,6 +8,7 @@ same workdir resumes from the latest checkpoint.
 import sys
 
 from absl import app, flags, logging
+import ml_collections
 from ml_collections import config_flags
 
 from resnet_jax import parallel
@@ -30,13 +31,15 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv: list[str]) -> int:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  config = _CONFIG.value
+  if not isinstance(config, ml_collections.ConfigDict):
+    config.to_dict()   # a config file that failed to load raises its error on first use
   parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                                   _INIT_TIMEOUT.value)
   # Imported after distributed start-up: nothing may touch the devices before it.
   from resnet_jax import evaluate
   from resnet_jax.train import loop
 
-  config = _CONFIG.value
   if _MODE.value == 'train':
     loop.train_and_evaluate(config, _WORKDIR.value)
   else:

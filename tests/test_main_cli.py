@@ -1,0 +1,75 @@
+"""The command line: configs, variants, overrides and the errors a user can make."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted(p.name for p in (ROOT / 'configs').glob('*.py'))
+
+
+def run_main(*args, cwd=ROOT, timeout=120):
+  return subprocess.run([sys.executable, '-m', 'resnet_jax.main', *args], cwd=cwd,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def load_config(spec: str, *overrides: str):
+  """Parses --config the way main does, without running anything."""
+  argv = [sys.argv[0], f'--config={ROOT / "configs" / spec}', *overrides]
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', None, 'test', flag_values=fv, lock_config=True,
+                                  sys_argv=argv)   # overrides are read from sys_argv
+  fv(argv)
+  return fv.config
+
+
+@pytest.mark.parametrize('name', CONFIGS)
+def test_every_config_loads_with_a_docstring(name):
+  text = (ROOT / 'configs' / name).read_text()
+  assert text.startswith('"""') and 'python -m resnet_jax' in text.split('"""')[1], name
+  assert load_config(name).model.name
+
+
+def test_variants_and_overrides_reach_the_config():
+  c = load_config('imagenet.py:resnet34', '--config.optimizer.lr=0.2', '--config.batch_size=512')
+  assert c.model.name == 'resnet34'
+  assert c.optimizer.lr == 0.2 and c.batch_size == 512
+  assert load_config('imagenet.py:resnet50,modern').schedule.name == 'cosine'
+  c = load_config('cifar10.py:plain56,holdout')
+  assert (c.model.name, c.data.holdout) == ('cifar_plain56', 5000)
+  assert load_config('cifar10.py:resnet110').schedule.warmup == 400
+  assert load_config('fashion_mnist.py:resnet56').model.name == 'cifar_resnet56'
+
+
+def test_unknown_variant_lists_valid_ones():
+  with pytest.raises(Exception, match='resnet50'):
+    load_config('imagenet.py:resnet51')
+
+
+def test_bad_key_fails_with_its_name(tmp_path):
+  r = run_main('--config=configs/fake.py', f'--workdir={tmp_path}', '--config.optimizer.lrr=0.1')
+  assert r.returncode != 0
+  assert 'lrr' in r.stderr
+  assert not (tmp_path / 'checkpoints').exists()
+
+
+def test_bad_value_type_fails_with_its_name(tmp_path):
+  r = run_main('--config=configs/fake.py', f'--workdir={tmp_path}', '--config.batch_size=many')
+  assert r.returncode != 0
+  assert 'batch_size' in r.stderr
+
+
+def test_missing_workdir_fails_clearly():
+  r = run_main('--config=configs/fake.py')
+  assert r.returncode != 0
+  assert 'workdir' in r.stderr
+
+
+def test_missing_config_file_fails_clearly(tmp_path):
+  r = run_main('--config=configs/nope.py', f'--workdir={tmp_path}')
+  assert r.returncode != 0
+  assert 'nope.py' in r.stderr
