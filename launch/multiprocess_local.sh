@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# N processes on one host, one GPU each (or CPU devices): tests the multi-host path on one machine.
+#
+#   launch/multiprocess_local.sh NUM_PROCESSES CONFIG WORKDIR [--config.x=y ...]
+#   launch/multiprocess_local.sh 2 configs/fake.py runs/mp2
+#
+# Process i sees only GPU i (CUDA_VISIBLE_DEVICES) and joins the coordinator at
+# 127.0.0.1:$PORT (default 12355). Logs go to WORKDIR/process_<i>.log; the script waits for all
+# processes and fails if any fails.
+set -euo pipefail
+usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+[ $# -ge 3 ] || usage
+n=$1; config=$2; workdir=$3; shift 3
+[[ "$n" =~ ^[1-9][0-9]*$ ]] || { echo "NUM_PROCESSES must be a positive integer, got '$n'" >&2; usage; }
+[ -f "${config%%:*}" ] || { echo "config file not found: ${config%%:*}" >&2; exit 2; }
+port=${PORT:-12355}
+mkdir -p "$workdir"
+pids=()
+for ((i = 0; i < n; i++)); do
+  if [ "${JAX_PLATFORMS:-}" != cpu ]; then export CUDA_VISIBLE_DEVICES=$i; fi
+  python -m resnet_jax.main --config="$config" --workdir="$workdir" \
+    --coordinator_address="127.0.0.1:$port" --num_processes="$n" --process_id="$i" "$@" \
+    >"$workdir/process_$i.log" 2>&1 &
+  pids+=($!)
+done
+status=0
+for i in "${!pids[@]}"; do
+  if ! wait "${pids[$i]}"; then
+    echo "process $i failed; see $workdir/process_$i.log" >&2
+    status=1
+  fi
+done
+exit $status
