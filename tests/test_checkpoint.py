@@ -1,0 +1,178 @@
+"""Checkpoints: exact resume, restore onto another mesh, kill -9, SIGTERM, bad checkpoints."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from resnet_jax import parallel
+from resnet_jax.checkpoint import Checkpointer, CheckpointMismatchError
+from resnet_jax.train.loop import Trainer, train_and_evaluate
+from tests.helpers import fake_config, read_metrics, write_idx_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def idx_config(data_dir, device_resident, **overrides):
+  c = fake_config(**overrides)
+  c.data.update(source='idx', name='fashion_mnist', data_dir=str(data_dir), image_size=28,
+                augment='cifar', pad=2, device_resident=device_resident,
+                mean=(0.3,), std=(0.3,))
+  return c
+
+
+def final_params(workdir, config):
+  trainer = Trainer(config, parallel.create_mesh(), num_classes=10, image_shape=(28, 28, 1),
+                    steps_per_epoch=1)
+  ckpt = Checkpointer(workdir)
+  state, data_state = ckpt.restore(trainer.init_state(), config)
+  ckpt.close()
+  return jax.device_get(state), data_state
+
+
+def per_step_losses(workdir):
+  """The last logged loss of every step (a resumed run logs the steps after the checkpoint)."""
+  return {m['step']: m['train/loss'] for m in read_metrics(workdir) if 'train/loss' in m}
+
+
+@pytest.mark.parametrize('device_resident', [False, True])
+def test_exact_resume(tmp_path, device_resident, devices):
+  data_dir = write_idx_dataset(tmp_path / 'data', num_train=96, num_test=32)
+  n = 6
+  common = dict(batch_size=16, log_every_steps=1, checkpoint_every_steps=n, eval_every_steps=100)
+  straight = idx_config(data_dir, device_resident, num_steps=2 * n, **common)
+  train_and_evaluate(straight, tmp_path / 'straight')
+
+  first_half = idx_config(data_dir, device_resident, num_steps=n, **common)
+  train_and_evaluate(first_half, tmp_path / 'resumed')
+  train_and_evaluate(straight, tmp_path / 'resumed')
+
+  a, _ = final_params(tmp_path / 'straight', straight)
+  b, _ = final_params(tmp_path / 'resumed', straight)
+  assert int(a.step) == int(b.step) == 2 * n
+  for x, y in zip(jax.tree.leaves((a.params, a.batch_stats, a.opt_state)),
+                  jax.tree.leaves((b.params, b.batch_stats, b.opt_state))):
+    np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-6)
+  la, lb = per_step_losses(tmp_path / 'straight'), per_step_losses(tmp_path / 'resumed')
+  assert sorted(la) == sorted(lb) == list(range(1, 2 * n + 1))
+  np.testing.assert_allclose([la[s] for s in la], [lb[s] for s in la], rtol=1e-6)
+
+
+def test_checkpoint_restores_onto_another_mesh(tmp_path, devices):
+  config = fake_config(num_steps=4)
+  train_and_evaluate(config, tmp_path)   # 8 devices
+  state8, _ = final_params_for(tmp_path, config, num_devices=8)
+  state1, _ = final_params_for(tmp_path, config, num_devices=1)
+  assert state1.params is not None
+  leaf = jax.tree.leaves(state1.params)[0]
+  for x, y in zip(jax.tree.leaves(state8.params), jax.tree.leaves(state1.params)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  assert len(leaf.sharding.device_set) == 1
+
+
+def final_params_for(workdir, config, num_devices):
+  trainer = Trainer(config, parallel.create_mesh(num_devices), num_classes=10,
+                    image_shape=tuple(config.data.fake_image_shape), steps_per_epoch=1)
+  ckpt = Checkpointer(workdir)
+  try:
+    return ckpt.restore(trainer.init_state(), config)
+  finally:
+    ckpt.close()
+
+
+def test_mismatched_checkpoint_says_what_differs(tmp_path, devices):
+  train_and_evaluate(fake_config(num_steps=2), tmp_path)
+  other = fake_config(num_steps=4)
+  other.model.name = 'small_plain'
+  with pytest.raises(CheckpointMismatchError, match='model.name'):
+    train_and_evaluate(other, tmp_path)
+
+
+def test_corrupt_checkpoint_is_reported(tmp_path, devices):
+  config = fake_config(num_steps=2)
+  train_and_evaluate(config, tmp_path)
+  step_dir = tmp_path / 'checkpoints' / '2' / 'state'
+  for f in step_dir.rglob('*'):
+    if f.is_file():
+      f.write_bytes(b'garbage')
+  with pytest.raises(OSError, match=str(tmp_path / 'checkpoints' / '2')):
+    train_and_evaluate(fake_config(num_steps=4), tmp_path)
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_good_checkpoint(tmp_path, devices):
+  train_and_evaluate(fake_config(num_steps=2), tmp_path)
+  diverging = fake_config(num_steps=50, log_every_steps=5)
+  diverging.data.std = (0.0,)   # infinite inputs from the next step on
+  with pytest.raises(FloatingPointError, match='at step 3'):
+    train_and_evaluate(diverging, tmp_path)
+  ckpt = Checkpointer(tmp_path)
+  assert ckpt.latest_step() == 2
+  ckpt.close()
+
+
+# --- Whole processes: kill -9 and SIGTERM -------------------------------------------------------
+
+def start_training(workdir, *overrides):
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
+             JAX_PLATFORMS='cpu', PYTHONUNBUFFERED='1')
+  return subprocess.Popen(
+      [sys.executable, '-m', 'resnet_jax.main', '--config=configs/fake.py', f'--workdir={workdir}',
+       '--config.checkpoint_every_steps=3', '--config.eval_every_steps=1000', *overrides],
+      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for_step(proc, workdir, step, timeout=120):
+  """Waits until metrics.jsonl shows `step` (training is under way)."""
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    assert proc.poll() is None, proc.stdout.read()
+    metrics = workdir / 'metrics.jsonl'
+    if metrics.exists() and any(json.loads(l).get('step', 0) >= step
+                                for l in metrics.read_text().splitlines() if l.strip()):
+      return
+    time.sleep(0.05)
+  raise TimeoutError(f'step {step} not reached')
+
+
+def test_kill_9_at_random_moments_then_resume(tmp_path):
+  rng = random.Random(0)
+  workdir = tmp_path / 'run'
+  total = 30
+  for _ in range(3):
+    proc = start_training(workdir, f'--config.num_steps={total}', '--config.log_every_steps=1')
+    try:
+      wait_for_step(proc, workdir, 1)
+      time.sleep(rng.uniform(0.0, 1.5))
+    except AssertionError:
+      pass   # it finished before the kill: fine, the next run has nothing left to do
+    proc.kill()
+    proc.wait()
+  proc = start_training(workdir, f'--config.num_steps={total}', '--config.log_every_steps=1')
+  out, _ = proc.communicate(timeout=300)
+  assert proc.returncode == 0, out
+  summary = json.loads((workdir / 'summary.json').read_text())
+  assert summary['steps'] == total
+  ckpt = Checkpointer(workdir)
+  assert ckpt.latest_step() == total
+  ckpt.close()
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+  proc = start_training(tmp_path, '--config.num_steps=100000', '--config.log_every_steps=1')
+  wait_for_step(proc, tmp_path, 2)
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode == 0, out
+  assert 'preempted' in out
+  ckpt = Checkpointer(tmp_path)
+  step = ckpt.latest_step()
+  ckpt.close()
+  assert step is not None and step >= 2
