@@ -10,9 +10,8 @@ device. The variant argument picks another CIFAR-family model (`:resnet56`, `:pl
 `--config.num_epochs` sets the length (default 30).
 """
 
-from resnet_jax.config_base import idx_config
+from resnet_jax.recipes import FASHION_MNIST, idx_recipe
 
 
 def get_config(arg: str | None = None):
-  return idx_config(arg, dataset='fashion_mnist', data_dir='/usr/share/datasets/fashion-mnist',
-                    mean=0.2860, std=0.3530, hflip=True)
+  return idx_recipe(arg, **FASHION_MNIST)

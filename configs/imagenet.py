@@ -23,52 +23,8 @@ Needs the ILSVRC-2012 tars prepared with tfds (extra `prepare`; see the README);
 `--config.data.data_dir` where they are.
 """
 
-from resnet_jax.config_base import base_config, parse_variant
-
-VARIANTS = [f'{k}{d}' for k in ('resnet', 'plain') for d in (18, 34, 50, 101, 152)]
+from resnet_jax.recipes import imagenet_recipe
 
 
 def get_config(arg: str | None = None):
-  name, flags = parse_variant(arg, VARIANTS, 'resnet50', flags=('modern',))
-  modern = 'modern' in flags
-  c = base_config()
-  c.model.name = name
-  c.model.shortcut = 'B'
-  c.model.variant = 'v1.5' if modern else 'v1'
-  c.model.zero_init_residual = modern
-  c.data.source = 'tfds'
-  c.data.name = 'imagenet2012'
-  c.data.train_split = 'train'
-  c.data.eval_split = 'validation'
-  c.data.image_size = 224
-  c.data.eval_resize = 256
-  c.data.augment = 'inception_crop' if modern else 'imagenet_scale'
-  c.data.scale_range = (256, 480)
-  c.data.mean = (0.485, 0.456, 0.406)
-  c.data.std = (0.229, 0.224, 0.225)
-  c.data.pca_lighting = 0.0 if modern else 0.1
-  c.data.num_workers = 16
-  c.data.prefetch = 2
-  c.batch_size = 256
-  c.eval_batch_size = 250
-  c.num_steps = 0
-  c.num_epochs = 90 if modern else 120
-  c.dtype = 'bfloat16' if modern else 'float32'
-  c.optimizer.lr = 0.1
-  c.optimizer.lr_batch_size = 256
-  c.optimizer.momentum = 0.9
-  c.optimizer.nesterov = modern
-  c.optimizer.weight_decay = 5e-5 if modern else 1e-4
-  c.optimizer.decay_bn_and_bias = not modern
-  c.label_smoothing = 0.1 if modern else 0.0
-  c.schedule.unit = 'epochs'
-  if modern:
-    c.schedule.name = 'cosine'
-    c.schedule.warmup = 5
-  else:
-    c.schedule.name = 'multistep'
-    c.schedule.boundaries = (30, 60, 90)
-  c.log_every_steps = 100
-  c.checkpoint_every_steps = 5000
-  c.eval.scales = (224, 256, 384, 480, 640)
-  return c
+  return imagenet_recipe(arg)

@@ -10,11 +10,11 @@ flips (digits are not mirror-symmetric). Variant argument: another CIFAR-family 
 `--config.data.source=tfds --config.data.name=mnist`.
 """
 
-from resnet_jax.config_base import idx_config
+from resnet_jax.recipes import idx_recipe
 
 
 def get_config(arg: str | None = None):
-  c = idx_config(arg, dataset='mnist', data_dir='/usr/share/datasets/mnist',
+  c = idx_recipe(arg, dataset='mnist', data_dir='/usr/share/datasets/mnist',
                  mean=0.1307, std=0.3081, hflip=False)
   c.num_epochs = 15
   return c

@@ -75,6 +75,7 @@ def base_config() -> ml_collections.ConfigDict:
       boundaries=(),          # multistep: where the rate is multiplied by `decay_factor`
       decay_factor=0.1,
       warmup=0.0,
+      warmup_factor=0.0,      # 0: linear warmup from 0; f > 0: constant lr * f (the paper's 0.01)
   ))
   c.label_smoothing = 0.0
 
@@ -104,37 +105,3 @@ def parse_variant(arg: str | None, models: list[str], default: str,
                      + (f', optionally with {", ".join(flags)}' if flags else ''))
   return names[0], set(tokens) & set(flags)
 
-
-CIFAR_DEPTHS = (20, 32, 44, 56, 110, 1202)
-CIFAR_VARIANTS = [f'{k}{d}' for k in ('resnet', 'plain') for d in CIFAR_DEPTHS]
-
-
-def idx_config(arg: str | None, *, dataset: str, data_dir: str, mean: float, std: float,
-               hflip: bool) -> ml_collections.ConfigDict:
-  """A CIFAR-family net on 28x28 idx data (MNIST, Fashion-MNIST), the paper's CIFAR recipe."""
-  name, _ = parse_variant(arg, CIFAR_VARIANTS, 'resnet20')
-  c = base_config()
-  c.model.name = f'cifar_{name}'
-  c.model.shortcut = 'A'
-  c.data.source = 'idx'
-  c.data.name = dataset
-  c.data.data_dir = data_dir
-  c.data.image_size = 28
-  c.data.augment = 'cifar'
-  c.data.pad = 4
-  c.data.hflip = hflip
-  c.data.mean = (mean,)
-  c.data.std = (std,)
-  c.data.device_resident = True
-  c.batch_size = 128
-  c.eval_batch_size = 1000
-  c.num_steps = 0
-  c.num_epochs = 30
-  c.optimizer.lr = 0.1
-  c.optimizer.lr_batch_size = 128
-  c.optimizer.weight_decay = 1e-4
-  c.schedule.name = 'multistep'
-  c.schedule.unit = 'fraction'
-  c.schedule.boundaries = (0.5, 0.75)
-  c.log_every_steps = 100
-  return c

@@ -112,6 +112,19 @@ def test_warmup_then_cosine():
   assert float(schedule(110)) == pytest.approx(0.0, abs=1e-6)
 
 
+def test_paper_constant_warmup():
+  c = tiny_config()
+  c.batch_size = c.optimizer.lr_batch_size = 128
+  c.schedule.update(name='multistep', unit='steps', warmup=400, warmup_factor=0.1,
+                    boundaries=(32000, 48000))
+  schedule = optim.create_schedule(c, steps_per_epoch=390, total_steps=64000)
+  assert float(schedule(0)) == pytest.approx(0.01)
+  assert float(schedule(399)) == pytest.approx(0.01)
+  assert float(schedule(400)) == pytest.approx(0.1)
+  assert float(schedule(32000)) == pytest.approx(0.01)
+  assert float(schedule(48000)) == pytest.approx(0.001)
+
+
 def test_unknown_schedule_is_refused():
   c = tiny_config()
   c.schedule.name = 'exponential'

@@ -42,7 +42,11 @@ def create_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int,
                      "'linear', 'constant'")
   if not warmup:
     return main
-  return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), main], [warmup])
+  if s.warmup_factor:
+    ramp = optax.constant_schedule(peak * s.warmup_factor)
+  else:
+    ramp = optax.linear_schedule(0.0, peak, warmup)
+  return optax.join_schedules([ramp, main], [warmup])
 
 
 def _decay_mask(params):

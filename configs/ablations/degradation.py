@@ -1,0 +1,25 @@
+"""The degradation problem (paper Fig. 6): plain vs residual nets of depth 20, 32, 44, 56, 110.
+
+    python -m resnet_jax.sweep --config=configs/ablations/degradation.py --workdir=runs/degradation
+    python -m resnet_jax.sweep --config=configs/ablations/degradation.py:fashion_mnist \
+        --workdir=runs/degradation_fmnist
+
+The paper's CIFAR-10 recipe (configs/cifar10.py), or with `:fashion_mnist` the same recipe on
+Fashion-MNIST (configs/fashion_mnist.py). Each point trains in its own sub-workdir; the report
+overlays training error (thin) and test error (bold) against iterations, as in Fig. 6. The paper
+finds plain nets worse the deeper they are (plain-56 above plain-20 in training error) and
+ResNets better the deeper they are (ResNet-110 6.43% test error, ResNet-20 8.75%).
+"""
+
+from resnet_jax.recipes import load_recipe
+
+DEPTHS = (20, 32, 44, 56, 110)
+
+
+def get_config(arg=None):
+  return load_recipe(arg)
+
+
+def get_sweep(arg=None):
+  del arg
+  return [{'model.name': f'cifar_{kind}{d}'} for kind in ('plain', 'resnet') for d in DEPTHS]

@@ -1,0 +1,145 @@
+"""The paper's training recipes as functions, shared by the config files and the ablations.
+
+Config files in `configs/` are thin: a docstring with the command and the expected result, and a
+call to one of these.
+"""
+
+import ml_collections
+
+from resnet_jax.config_base import base_config, parse_variant
+
+
+CIFAR_DEPTHS = (20, 32, 44, 56, 110, 1202)
+CIFAR_VARIANTS = [f'{k}{d}' for k in ('resnet', 'plain') for d in CIFAR_DEPTHS]
+
+
+def idx_recipe(arg: str | None, *, dataset: str, data_dir: str, mean: float, std: float,
+               hflip: bool) -> ml_collections.ConfigDict:
+  """A CIFAR-family net on 28x28 idx data (MNIST, Fashion-MNIST) with the paper's CIFAR recipe."""
+  name, _ = parse_variant(arg, CIFAR_VARIANTS, 'resnet20')
+  c = base_config()
+  c.model.name = f'cifar_{name}'
+  c.model.shortcut = 'A'
+  c.data.source = 'idx'
+  c.data.name = dataset
+  c.data.data_dir = data_dir
+  c.data.image_size = 28
+  c.data.augment = 'cifar'
+  c.data.pad = 4
+  c.data.hflip = hflip
+  c.data.mean = (mean,)
+  c.data.std = (std,)
+  c.data.device_resident = True
+  c.batch_size = 128
+  c.eval_batch_size = 1000
+  c.num_steps = 0
+  c.num_epochs = 30
+  c.optimizer.lr = 0.1
+  c.optimizer.lr_batch_size = 128
+  c.optimizer.weight_decay = 1e-4
+  c.schedule.name = 'multistep'
+  c.schedule.unit = 'fraction'
+  c.schedule.boundaries = (0.5, 0.75)
+  c.log_every_steps = 100
+  return c
+
+
+def cifar10_recipe(arg: str | None = None) -> ml_collections.ConfigDict:
+  """The paper's CIFAR-10 recipe (Sec. 4.2); `arg` is 'resnet56', 'plain20,holdout', ..."""
+  name, flags = parse_variant(arg, CIFAR_VARIANTS, 'resnet20', flags=('holdout',))
+  model, holdout = f'cifar_{name}', 'holdout' in flags
+  c = base_config()
+  c.model.name = model
+  c.model.shortcut = 'A'
+  c.data.source = 'tfds'
+  c.data.name = 'cifar10'
+  c.data.holdout = 5000 if holdout else 0
+  c.data.image_size = 32
+  c.data.augment = 'cifar'
+  c.data.pad = 4
+  c.data.mean = (0.4914, 0.4822, 0.4465)
+  c.data.std = (0.2470, 0.2435, 0.2616)
+  c.data.device_resident = True
+  c.batch_size = 128
+  c.eval_batch_size = 1000
+  c.num_steps = 64_000
+  c.optimizer.lr = 0.1
+  c.optimizer.lr_batch_size = 128
+  c.optimizer.momentum = 0.9
+  c.optimizer.weight_decay = 1e-4
+  c.schedule.name = 'multistep'
+  c.schedule.unit = 'steps'
+  c.schedule.boundaries = (32_000, 48_000)
+  if model.endswith(('110', '1202')):
+    c.schedule.warmup = 400   # the paper: lr 0.01 until training error < 80% (~400 iterations)
+    c.schedule.warmup_factor = 0.1
+  c.log_every_steps = 100
+  c.eval_every_steps = 2000
+  c.checkpoint_every_steps = 2000
+  return c
+
+
+IMAGENET_VARIANTS = [f'{k}{d}' for k in ('resnet', 'plain') for d in (18, 34, 50, 101, 152)]
+
+
+def imagenet_recipe(arg: str | None = None) -> ml_collections.ConfigDict:
+  """The paper's ImageNet recipe (Sec. 3.4) or the modern one; `arg` is 'resnet34', 'resnet50,modern', ..."""
+  name, flags = parse_variant(arg, IMAGENET_VARIANTS, 'resnet50', flags=('modern',))
+  modern = 'modern' in flags
+  c = base_config()
+  c.model.name = name
+  c.model.shortcut = 'B'
+  c.model.variant = 'v1.5' if modern else 'v1'
+  c.model.zero_init_residual = modern
+  c.data.source = 'tfds'
+  c.data.name = 'imagenet2012'
+  c.data.train_split = 'train'
+  c.data.eval_split = 'validation'
+  c.data.image_size = 224
+  c.data.eval_resize = 256
+  c.data.augment = 'inception_crop' if modern else 'imagenet_scale'
+  c.data.scale_range = (256, 480)
+  c.data.mean = (0.485, 0.456, 0.406)
+  c.data.std = (0.229, 0.224, 0.225)
+  c.data.pca_lighting = 0.0 if modern else 0.1
+  c.data.num_workers = 16
+  c.data.prefetch = 2
+  c.batch_size = 256
+  c.eval_batch_size = 250
+  c.num_steps = 0
+  c.num_epochs = 90 if modern else 120
+  c.dtype = 'bfloat16' if modern else 'float32'
+  c.optimizer.lr = 0.1
+  c.optimizer.lr_batch_size = 256
+  c.optimizer.momentum = 0.9
+  c.optimizer.nesterov = modern
+  c.optimizer.weight_decay = 5e-5 if modern else 1e-4
+  c.optimizer.decay_bn_and_bias = not modern
+  c.label_smoothing = 0.1 if modern else 0.0
+  c.schedule.unit = 'epochs'
+  if modern:
+    c.schedule.name = 'cosine'
+    c.schedule.warmup = 5
+  else:
+    c.schedule.name = 'multistep'
+    c.schedule.boundaries = (30, 60, 90)
+  c.log_every_steps = 100
+  c.checkpoint_every_steps = 5000
+  c.eval.scales = (224, 256, 384, 480, 640)
+  return c
+
+
+FASHION_MNIST = dict(dataset='fashion_mnist', data_dir='/usr/share/datasets/fashion-mnist',
+                     mean=0.2860, std=0.3530, hflip=True)
+
+
+def load_recipe(spec: str | None) -> ml_collections.ConfigDict:
+  """'cifar10[:variant]' (the default), 'fashion_mnist[:variant]' or 'imagenet[:variant]'."""
+  name, _, arg = (spec or 'cifar10').partition(':')
+  if name == 'cifar10':
+    return cifar10_recipe(arg or None)
+  if name == 'fashion_mnist':
+    return idx_recipe(arg or None, **FASHION_MNIST)
+  if name == 'imagenet':
+    return imagenet_recipe(arg or None)
+  raise ValueError(f"unknown recipe {name!r}; valid: 'cifar10', 'fashion_mnist', 'imagenet'")

@@ -1,0 +1,127 @@
+"""Runs a grid of configs: `python -m resnet_jax.sweep --config=configs/ablations/X.py --workdir=DIR`.
+
+A sweep config file is an ordinary config file (its `get_config(arg)` gives the base run) that
+also defines `get_sweep(arg) -> list[dict]`: one dict of config overrides per grid point, e.g.
+`{'model.name': 'cifar_plain20'}`. Each point trains in `DIR/<point name>`, one after another on
+the local devices; a point whose run finished is not run again, a point that was interrupted
+resumes from its checkpoint. `--print-commands` prints one `resnet_jax.main` command per point
+instead, for a cluster scheduler. At the end the report (overlay figure and table) of all
+finished points is written into DIR.
+"""
+
+import importlib.util
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+from absl import app, flags
+
+_CONFIG = flags.DEFINE_string('config', None, 'Sweep config file (path[:arg]).')
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Sweep directory: one sub-workdir per point.')
+_PRINT = flags.DEFINE_bool('print-commands', False, 'Print the per-point commands and exit.')
+_SET = flags.DEFINE_multi_string('set', [], 'Override for every point, e.g. --set=num_epochs=1.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def load_sweep(spec: str) -> tuple[ml_collections.ConfigDict, list[dict[str, Any]]]:
+  """Loads `path[:arg]`; returns the base config and the grid of overrides."""
+  path, _, arg = spec.partition(':')
+  if not Path(path).is_file():
+    raise FileNotFoundError(f'sweep config {path} does not exist')
+  module_spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  if not hasattr(module, 'get_sweep'):
+    raise ValueError(f'{path} defines no get_sweep(arg): it is not a sweep config')
+  return module.get_config(arg or None), module.get_sweep(arg or None)
+
+
+def point_name(overrides: dict[str, Any]) -> str:
+  """A readable, filesystem-safe name: 'model.name=cifar_plain20,model.shortcut=A' -> ..."""
+  parts = [f'{k.split(".")[-1]}-{v}' for k, v in overrides.items()]
+  return '_'.join(parts).replace('/', '-').replace(' ', '') or 'base'
+
+
+def apply_overrides(config: ml_collections.ConfigDict,
+                    overrides: dict[str, Any]) -> ml_collections.ConfigDict:
+  """A copy of `config` with dotted-key overrides; an unknown key is an error naming it."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  for key, value in overrides.items():
+    *parents, leaf = key.split('.')
+    node = config
+    for p in parents:
+      node = node[p]
+    if leaf not in node:
+      raise KeyError(f'sweep override {key!r}: no such config field')
+    node[leaf] = value
+  return config
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
+  """--set=key=value pairs; values are read as JSON where they parse, else as strings."""
+  out = {}
+  for item in items:
+    key, sep, value = item.partition('=')
+    if not sep:
+      raise ValueError(f'--set expects key=value, got {item!r}')
+    try:
+      out[key] = json.loads(value)
+    except json.JSONDecodeError:
+      out[key] = value
+  return out
+
+
+def is_finished(workdir: Path) -> bool:
+  summary = workdir / 'summary.json'
+  return summary.exists() and not json.loads(summary.read_text()).get('preempted', False)
+
+
+def command_for(spec: str, workdir: Path, overrides: dict[str, Any]) -> str:
+  args = ['python', '-m', 'resnet_jax.main', f'--config={spec}', f'--workdir={workdir}']
+  args += [f'--config.{k}={v}' for k, v in overrides.items()]
+  return ' '.join(shlex.quote(a) for a in args)
+
+
+def run_sweep(spec: str, workdir: str | Path, extra: dict[str, Any] | None = None,
+              print_commands: bool = False) -> list[Path]:
+  """Runs (or prints) every point; returns the sub-workdirs."""
+  base, grid = load_sweep(spec)
+  workdir = Path(workdir)
+  runs = []
+  for overrides in grid:
+    overrides = {**overrides, **(extra or {})}
+    sub = workdir / point_name({k: v for k, v in overrides.items() if k not in (extra or {})})
+    runs.append(sub)
+    if print_commands:
+      print(command_for(spec, sub, overrides))
+      continue
+    if is_finished(sub):
+      print(f'{sub.name}: finished before, not run again', flush=True)
+      continue
+    print(f'{sub.name}: training', flush=True)
+    from resnet_jax.train.loop import train_and_evaluate
+    train_and_evaluate(apply_overrides(base, overrides), sub)
+  if not print_commands:
+    from resnet_jax.report import write_report
+    finished = [r for r in runs if is_finished(r)]
+    png, md = write_report(finished, workdir)
+    print(f'report: {png}, {md}')
+  return runs
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  try:
+    run_sweep(_CONFIG.value, _WORKDIR.value, parse_set(_SET.value), _PRINT.value)
+  except (ValueError, KeyError, OSError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 1
+  return 0
+
+
+if __name__ == '__main__':
+  app.run(main)
