@@ -1,0 +1,129 @@
+"""Per-block gradient norms of plain vs residual nets, at initialisation and during training.
+
+    python -m resnet_jax.analysis.gradients --model=cifar_plain56 --model=cifar_resnet56 \
+        --steps=0,100,500 --data=fashion_mnist --out=runs/gradients
+
+For each model, trains with the standard step on the same batches (same seed) and, at each
+requested step, computes the norm of dL/dtheta over the parameters of every residual block
+(`stage{i}_block{j}`), on one fixed probe batch in training mode (batch statistics, as in
+training). Writes `gradients.json` ({model: {step: {block: norm}}}) and `gradients.png` (norm
+against block depth, one colour per model, one line style per step) into --out.
+"""
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import app, flags
+
+_MODELS = flags.DEFINE_multi_string('model', None, 'Model names to compare (repeat the flag).')
+_STEPS = flags.DEFINE_string('steps', '0', 'Comma-separated training steps to measure at.')
+_DATA = flags.DEFINE_enum('data', 'fake', ['fake', 'fashion_mnist'], 'Batches to use.')
+_BATCH = flags.DEFINE_integer('batch_size', 128, 'Global batch size.')
+_OUT = flags.DEFINE_string('out', 'gradients', 'Output directory.')
+flags.mark_flags_as_required(['model'])
+
+BLOCK = re.compile(r'stage(\d+)_block(\d+)$')
+
+
+def block_names(params: dict[str, Any]) -> list[str]:
+  """The residual blocks of a params tree, in depth order."""
+  names = [k for k in params if BLOCK.match(k)]
+  return sorted(names, key=lambda k: tuple(int(g) for g in BLOCK.match(k).groups()))
+
+
+def block_grad_norms(model, state, batch: dict[str, jax.Array], config) -> dict[str, float]:
+  """||dL/dtheta_block|| for every block, on `batch`, in training mode (batch statistics)."""
+  from resnet_jax.data.device_ops import prepare_images
+  from resnet_jax.train.steps import cross_entropy
+
+  images = prepare_images(batch['image'], None, train=False, data_config=config.data,
+                          dtype=jnp.dtype(config.dtype))
+
+  def loss_fn(params):
+    logits, _ = model.apply({'params': params, 'batch_stats': state.batch_stats}, images,
+                            train=True, mutable=['batch_stats'])
+    return jnp.mean(cross_entropy(logits, batch['label'], 0.0))
+
+  grads = jax.jit(jax.grad(loss_fn))(state.params)
+  return {name: float(optax.global_norm(grads[name])) for name in block_names(grads)}
+
+
+def analysis_config(model: str, data: str, batch_size: int):
+  from resnet_jax.config_base import base_config
+  from resnet_jax.recipes import FASHION_MNIST, idx_recipe
+  if data == 'fashion_mnist':
+    c = idx_recipe(None, **FASHION_MNIST)
+  else:
+    c = base_config()
+    c.data.update(fake_image_shape=(32, 32, 3), image_size=32, fake_num_examples=4096)
+  c.model.name = model
+  c.model.shortcut = ''
+  c.batch_size = batch_size
+  c.eval_batch_size = batch_size
+  c.num_steps = 1
+  return c
+
+
+def measure(model: str, steps: list[int], data: str, batch_size: int) -> dict[int, dict]:
+  """Trains `model` up to max(steps), measuring the block gradient norms at each of `steps`."""
+  from resnet_jax.train.loop import create_trainer
+  config = analysis_config(model, data, batch_size)
+  config.num_steps = max(max(steps), 1)
+  trainer, train_input, _ = create_trainer(config)
+  state = trainer.init_state()
+  batches = iter(train_input)
+  probe = next(batches)
+  out, step = {}, 0
+  while True:
+    if step in steps:
+      out[step] = block_grad_norms(trainer.model, state, probe, config)
+    if step >= max(steps):
+      return out
+    state, _ = trainer.train_step(state, next(batches))
+    step += 1
+
+
+def plot(results: dict[str, dict[int, dict]], path: Path) -> None:
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  styles = ['-', '--', ':', '-.']
+  for color, (model, by_step) in zip(plt.rcParams['axes.prop_cycle'].by_key()['color'],
+                                     results.items()):
+    for style, (step, norms) in zip(styles * 8, sorted(by_step.items())):
+      ax.plot(np.arange(1, len(norms) + 1), list(norms.values()), style, color=color,
+              label=f'{model}, step {step}')
+  ax.set(yscale='log', xlabel='block (input to output)', ylabel='||dL/dθ_block||',
+         title='Gradient norm per residual block')
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def main(argv):
+  del argv
+  steps = sorted({int(s) for s in _STEPS.value.split(',') if s.strip()})
+  out = Path(_OUT.value)
+  out.mkdir(parents=True, exist_ok=True)
+  results = {m: measure(m, steps, _DATA.value, _BATCH.value) for m in _MODELS.value}
+  (out / 'gradients.json').write_text(json.dumps(
+      {m: {str(s): norms for s, norms in r.items()} for m, r in results.items()}, indent=1))
+  plot(results, out / 'gradients.png')
+  for m, r in results.items():
+    for s, norms in sorted(r.items()):
+      v = list(norms.values())
+      print(f'{m} step {s}: first block {v[0]:.3e}, last block {v[-1]:.3e}, '
+            f'ratio first/last {v[0] / v[-1]:.3g}')
+  print(f'wrote {out / "gradients.json"} and {out / "gradients.png"}')
+
+
+if __name__ == '__main__':
+  app.run(main)

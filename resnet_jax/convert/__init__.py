@@ -1,0 +1,1 @@
+"""Converters of weights from other frameworks."""
