@@ -1,0 +1,197 @@
+"""Compares runs: `python -m resnet_jax.report WORKDIR [WORKDIR ...] [--out DIR]`.
+
+Writes into DIR (default: the parent directory of the first WORKDIR, i.e. the sweep directory when
+the runs are a sweep's points):
+
+- `report.png`: all runs in one figure, the paper's Fig. 6 style: top-1 error (%) against
+  iterations, training error (1 - train/top1) thin and dashed, test error (1 - eval/top1) bold,
+  one colour per run;
+- `report.md`: a Markdown table, one row per run: model, parameters, final and best eval top-1 and
+  top-5 accuracy, final training error, steps and wall time.
+
+"Best" is the evaluation with the highest top-1 (its top-5 is the top-5 of that same evaluation).
+Runs still training are reported as far as they got. A directory that is not a run, or a run
+with no metrics yet, is an error naming the directory (exit status 1, no traceback).
+
+From Python (the sweep runner): `write_report(workdirs, out_dir) -> (png_path, md_path)`; it raises
+`ReportError` (a ValueError) for bad input.
+"""
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from resnet_jax.plots import TEST_STYLE, TRAIN_STYLE, error_percent, save, series
+from resnet_jax.progress import format_count, format_duration
+from resnet_jax.writers import METRICS_FILE, read_metrics
+
+
+class ReportError(ValueError):
+  """Bad input to the report; the message names the directory."""
+
+
+@dataclass(frozen=True)
+class Run:
+  path: Path
+  records: list[dict[str, Any]]
+  config: dict[str, Any]
+  run_info: dict[str, Any]
+  summary: dict[str, Any]
+
+  @property
+  def model(self) -> str:
+    return str(self.run_info.get('model') or self.config.get('model', {}).get('name') or '?')
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+  if not path.is_file():
+    return {}
+  try:
+    return json.loads(path.read_text())
+  except ValueError as e:
+    raise ReportError(f'{path}: not valid JSON ({e})') from None
+
+
+def load_run(workdir: str | Path) -> Run:
+  """Reads a run directory; ReportError naming it if it is not a run or has no metrics yet."""
+  path = Path(workdir)
+  if not path.is_dir():
+    raise ReportError(f'{path}: no such directory')
+  if not (path / METRICS_FILE).is_file() and not (path / 'config.json').is_file():
+    raise ReportError(f'{path} is not a run directory (it has no {METRICS_FILE} or config.json)')
+  try:
+    records = read_metrics(path) if (path / METRICS_FILE).is_file() else []
+  except ValueError as e:
+    raise ReportError(str(e)) from None
+  if not records:
+    raise ReportError(f'{path} has no metrics yet (its {METRICS_FILE} is missing or empty)')
+  return Run(path, records, _read_json(path / 'config.json'), _read_json(path / 'run_info.json'),
+             _read_json(path / 'summary.json'))
+
+
+def run_names(runs: Sequence[Run]) -> list[str]:
+  """Directory names; parent/name where names repeat."""
+  names = [r.path.name for r in runs]
+  if len(set(names)) < len(names):
+    names = [f'{r.path.parent.name}/{r.path.name}' for r in runs]
+  return names
+
+
+def labels(runs: Sequence[Run]) -> list[str]:
+  """Legend labels: the run name, with the model where the name does not contain it."""
+  return [n if r.model in n or r.model == '?' else f'{n} ({r.model})'
+          for n, r in zip(run_names(runs), runs)]
+
+
+def _pct(value: float | None) -> str:
+  return '-' if value is None else f'{100 * value:.2f}'
+
+
+def row(run: Run, label: str) -> list[str]:
+  """A table row: run, model, params, top-1 final/best, top-5 final/best, train error, steps, time."""
+  evals = [r for r in run.records if 'eval/top1' in r]
+  final = evals[-1] if evals else {}
+  best = max(evals, key=lambda r: r['eval/top1']) if evals else {}
+  train = [r for r in run.records if 'train/top1' in r]
+  train_err = 1 - train[-1]['train/top1'] if train else None
+  last, total = run.records[-1]['step'], run.run_info.get('steps')
+  steps = f'{last:,}' if not total or last >= total else f'{last:,} / {total:,}'
+  if run.summary.get('preempted'):
+    steps += ' (preempted)'
+  wall = run.summary.get('wall_time_s', run.records[-1].get('time'))
+  params = run.run_info.get('params')
+  best_at = f' @{best["step"]:,}' if best else ''
+  return [label, run.model, format_count(params) if params else '-',
+          _pct(final.get('eval/top1')), _pct(best.get('eval/top1')) + best_at,
+          _pct(final.get('eval/top5')), _pct(best.get('eval/top5')),
+          _pct(train_err), steps, format_duration(wall) if wall is not None else '-']
+
+
+HEADER = ['run', 'model', 'params', 'top-1 final (%)', 'top-1 best (%)', 'top-5 final (%)',
+          'top-5 best (%)', 'train error final (%)', 'steps', 'wall time']
+
+
+def markdown_table(runs: Sequence[Run]) -> str:
+  lines = ['| ' + ' | '.join(HEADER) + ' |', '|' + '---|' * len(HEADER)]
+  lines += ['| ' + ' | '.join(row(r, l)) + ' |' for r, l in zip(runs, run_names(runs))]
+  return '\n'.join(lines)
+
+
+def overlay_figure(runs: Sequence[Run]) -> Figure:
+  """Top-1 error (%) against iterations: train thin dashed, test bold, one colour per run."""
+  fig = Figure(figsize=(9, 5.5), layout='constrained')
+  ax = fig.add_subplot()
+  colours = matplotlib.colormaps['tab10' if len(runs) <= 10 else 'tab20'].colors
+  handles = []
+  for i, (run, label) in enumerate(zip(runs, labels(runs))):
+    colour = colours[i % len(colours)]
+    steps, err = error_percent(run.records, 'train/top1')
+    if steps.size:
+      ax.plot(steps, err, color=colour, alpha=0.8, **TRAIN_STYLE)
+    steps, err = error_percent(run.records, 'eval/top1')
+    if steps.size:
+      ax.plot(steps, err, color=colour, marker='o' if steps.size <= 30 else None, markersize=3,
+              **TEST_STYLE)
+    handles.append(Line2D([], [], color=colour, linewidth=2.2, label=label))
+  handles += [Line2D([], [], color='k', label='train error', **TRAIN_STYLE),
+              Line2D([], [], color='k', label='test error', **TEST_STYLE)]
+  ax.legend(handles=handles, fontsize='small')
+  ax.set_xlabel('iterations')
+  ax.set_ylabel('top-1 error (%)')
+  ax.set_ylim(bottom=0)
+  ax.grid(True, alpha=0.3)
+  return fig
+
+
+def write_report(workdirs: Sequence[str | Path], out_dir: str | Path) -> tuple[Path, Path]:
+  """Writes `report.png` and `report.md` of the runs into `out_dir`; returns their paths.
+
+  Raises ReportError naming every bad directory (not a run, no metrics yet) before writing.
+  """
+  if not workdirs:
+    raise ReportError('no runs to report')
+  runs, errors = [], []
+  for w in workdirs:
+    try:
+      runs.append(load_run(w))
+    except ReportError as e:
+      errors.append(str(e))
+  if errors:
+    raise ReportError('\n'.join(errors))
+  out_dir = Path(out_dir)
+  png = save(overlay_figure(runs), out_dir / 'report.png')
+  md = out_dir / 'report.md'
+  md.write_text(f'# Runs\n\n![top-1 error](report.png)\n\n{markdown_table(runs)}\n\n'
+                'Accuracies in %. Best: the evaluation with the highest top-1 (@ its step); '
+                'top-5 best is the top-5 of that evaluation.\n')
+  return png, md
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(
+      prog='python -m resnet_jax.report',
+      description='Overlay the error curves of runs (report.png) and tabulate them (report.md).')
+  parser.add_argument('workdirs', nargs='+', type=Path, metavar='WORKDIR', help='run directories')
+  parser.add_argument('--out', type=Path, default=None,
+                      help='output directory (default: the parent of the first WORKDIR)')
+  args = parser.parse_args(argv)
+  out = args.out if args.out is not None else args.workdirs[0].resolve().parent
+  try:
+    png, md = write_report(args.workdirs, out)
+  except (ReportError, OSError) as e:
+    print('\n'.join(f'error: {line}' for line in str(e).splitlines()), file=sys.stderr)
+    return 1
+  print(f'wrote {png} and {md}')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

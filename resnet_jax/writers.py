@@ -1,0 +1,239 @@
+"""Metric writers: TensorBoard event files and `metrics.jsonl` in the run directory.
+
+    with MetricWriter(workdir, enabled=jax.process_index() == 0) as w:
+      w.write_config(config.to_dict())
+      w.write_scalars(100, {'train/loss': 1.9, 'train/top1': 0.31, 'lr': 0.1}, epoch=0.25)
+      w.write_image('plots/loss', 100, workdir / 'plots/loss.png')
+
+`metrics.jsonl` holds one JSON object per `write_scalars` call: `step`, `epoch` (if given), `time`
+(seconds of wall time since the run started, continued across resumes; the time between sessions
+is not counted), then the scalars under their flat keys, which are also the TensorBoard tags.
+Every line is flushed as it is written, so a crash loses nothing that was logged.
+
+On resume a run repeats the steps after its last checkpoint. The writer then marks the event
+file so that TensorBoard hides the superseded events (`purge_step`), and `read_metrics` drops the
+superseded lines: the latest record of a step range wins. Non-finite values are written as
+Python's json writes them (`NaN`, `Infinity`).
+
+Nothing here touches JAX; only the writer classes have side effects.
+"""
+
+import json
+import socket
+import struct
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+METRICS_FILE = 'metrics.jsonl'
+_RESERVED = ('step', 'epoch', 'time')
+_PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
+
+
+def read_metrics(workdir: str | Path) -> list[dict[str, Any]]:
+  """The records of `workdir/metrics.jsonl`, in order, with superseded (resumed) steps dropped.
+
+  Raises FileNotFoundError naming the directory if it does not exist or holds no metrics.jsonl,
+  and ValueError naming file and line for a malformed line (a torn last line, as a crash while
+  writing leaves it, is skipped).
+  """
+  workdir = Path(workdir)
+  path = workdir / METRICS_FILE
+  if not workdir.is_dir():
+    raise FileNotFoundError(f'{workdir}: no such directory')
+  if not path.is_file():
+    raise FileNotFoundError(f'{workdir} is not a run directory: it has no {METRICS_FILE}')
+  lines = path.read_text().splitlines()
+  records = []
+  for number, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+      if not isinstance(record, dict) or 'step' not in record:
+        raise ValueError('not an object with a "step"')
+    except ValueError as e:
+      if number == len(lines):
+        break   # torn last line of a crashed write
+      raise ValueError(f'{path}:{number}: malformed metrics line ({e})') from None
+    records.append(record)
+  return drop_superseded(records)
+
+
+def drop_superseded(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+  """Keeps the latest history: a record whose step goes back drops the earlier ones from there."""
+  out: list[dict[str, Any]] = []
+  for record in records:
+    if out and record['step'] < out[-1]['step']:
+      out = [r for r in out if r['step'] < record['step']]
+    out.append(record)
+  return out
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
+  """{'a': {'b': 1}} -> {'a.b': 1}."""
+  out: dict[str, Any] = {}
+  for key, value in tree.items():
+    name = f'{prefix}{key}'
+    if isinstance(value, Mapping):
+      out.update(flatten(value, name + '.'))
+    else:
+      out[name] = value
+  return out
+
+
+def hparam_value(value: Any) -> bool | int | float | str | None:
+  """A config value as the TensorBoard HParams plugin takes it (sequences become strings)."""
+  if value is None or isinstance(value, (bool, int, float, str)):
+    return value
+  if isinstance(value, (np.integer, np.floating, np.bool_)):
+    return value.item()
+  return str(value)
+
+
+def png_header(data: bytes) -> tuple[int, int, int]:
+  """(height, width, channels) of PNG-encoded bytes, from the IHDR chunk."""
+  if not data.startswith(_PNG_SIGNATURE) or len(data) < 26:
+    raise ValueError('not a PNG image')
+  width, height = int.from_bytes(data[16:20], 'big'), int.from_bytes(data[20:24], 'big')
+  channels = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}.get(data[25], 3)   # by PNG colour type
+  return height, width, channels
+
+
+def _json_default(obj: Any) -> Any:
+  return obj.item() if isinstance(obj, np.generic) else str(obj)
+
+
+def _last_record(path: Path) -> dict[str, Any] | None:
+  """The last parseable line of an existing metrics.jsonl, or None."""
+  if not path.is_file():
+    return None
+  for line in reversed(path.read_text().splitlines()):
+    try:
+      record = json.loads(line)
+    except ValueError:
+      continue
+    if isinstance(record, dict) and 'step' in record:
+      return record
+  return None
+
+
+def tf_record(data: bytes) -> bytes:
+  """One TFRecord: length, its masked CRC-32C, the data, its masked CRC-32C."""
+  from tensorboardX.record_writer import masked_crc32c
+  header = struct.pack('<Q', len(data))
+  return (header + struct.pack('<I', masked_crc32c(header)) + data
+          + struct.pack('<I', masked_crc32c(data)))
+
+
+class MetricWriter:
+  """Writes scalars to TensorBoard and metrics.jsonl; a disabled writer does nothing at all.
+
+  Enable it on process 0 only. Events are written synchronously (no writer thread) and flushed
+  with each call. The event file opens on the first write, so that a resumed run can mark the
+  steps it repeats as superseded.
+  """
+
+  def __init__(self, workdir: str | Path, *, enabled: bool):
+    self.workdir = Path(workdir)
+    self.enabled = enabled
+    self._events = None
+    self._file = None
+    if not enabled:
+      return
+    self.workdir.mkdir(parents=True, exist_ok=True)
+    last = _last_record(self.workdir / METRICS_FILE)
+    self._last_step = last['step'] if last else None
+    self._time_offset = float(last.get('time', 0.0)) if last else 0.0
+    self._t0 = time.monotonic()
+    self._file = open(self.workdir / METRICS_FILE, 'a', encoding='utf-8')
+
+  def _write_event(self, step: int | None, summary=None) -> None:
+    """Appends an event with `summary` (opening the event file on first use) and flushes it."""
+    from tensorboardX.proto.event_pb2 import Event, SessionLog
+    if self._events is None:
+      name = f'events.out.tfevents.{time.time():.6f}.{socket.gethostname()}'
+      self._events = open(self.workdir / name, 'ab')
+      self._events.write(tf_record(
+          Event(wall_time=time.time(), file_version='brain.Event:2').SerializeToString()))
+      if step is not None and self._last_step is not None and step <= self._last_step:
+        # A resumed run repeats steps from `step` on: TensorBoard hides the older events there.
+        self._events.write(tf_record(Event(
+            wall_time=time.time(), step=step,
+            session_log=SessionLog(status=SessionLog.START)).SerializeToString()))
+    if summary is not None:
+      event = Event(wall_time=time.time(), step=step or 0, summary=summary)
+      self._events.write(tf_record(event.SerializeToString()))
+    self._events.flush()
+
+  def write_scalars(self, step: int, scalars: Mapping[str, float], **extra: Any) -> None:
+    """One metrics.jsonl line (step, epoch/extra if given, time, scalars) and TB scalars."""
+    if not self.enabled:
+      return
+    from tensorboardX.proto.summary_pb2 import Summary
+    clash = [k for k in scalars if k in _RESERVED]
+    if clash:
+      raise ValueError(f'scalar names {clash} are reserved for the record itself')
+    step = int(step)
+    values = {k: float(v) for k, v in scalars.items()}
+    elapsed = self._time_offset + time.monotonic() - self._t0
+    record = {'step': step, **extra, 'time': round(elapsed, 3), **values}
+    self._file.write(json.dumps(record, default=_json_default) + '\n')
+    self._file.flush()
+    self._write_event(step, Summary(value=[Summary.Value(tag=k, simple_value=v)
+                                           for k, v in values.items()]))
+
+  def write_config(self, config: Mapping[str, Any]) -> None:
+    """The config as a text summary (JSON) and as hyperparameters (flattened dotted keys)."""
+    if not self.enabled:
+      return
+    from tensorboardX.summary import hparams, text
+    body = json.dumps(config, indent=2, sort_keys=True, default=str)
+    self._write_event(None, text('config', '    ' + body.replace('\n', '\n    ')))  # code block
+    flat = {k: hparam_value(v) for k, v in flatten(config).items()}
+    metrics = {k: 0.0 for k in ('eval/top1', 'eval/top5', 'eval/loss', 'train/loss')}
+    experiment, session_start, _ = hparams(flat, metrics)
+    self._write_event(None, experiment)
+    self._write_event(None, session_start)
+
+  def write_image(self, tag: str, step: int, image: str | Path | np.ndarray) -> None:
+    """A PNG file (logged as is) or an array [H, W] / [H, W, C] (uint8, or floats in [0, 1])."""
+    if not self.enabled:
+      return
+    from tensorboardX.proto.summary_pb2 import Summary
+    if isinstance(image, (str, Path)):
+      data = Path(image).read_bytes()
+      try:
+        height, width, channels = png_header(data)
+      except ValueError:
+        raise ValueError(f'{image}: not a PNG image') from None
+      proto = Summary.Image(height=height, width=width, colorspace=channels,
+                            encoded_image_string=data)
+      summary = Summary(value=[Summary.Value(tag=tag, image=proto)])
+    else:
+      from tensorboardX.summary import image as image_summary
+      array = np.asarray(image)
+      summary = image_summary(tag, array if array.ndim == 3 else array[..., None],
+                              dataformats='HWC')
+    self._write_event(int(step), summary)
+
+  def flush(self) -> None:
+    """Everything is flushed as it is written; kept for the writer interface."""
+    for f in (self._file, self._events):
+      if f is not None:
+        f.flush()
+
+  def close(self) -> None:
+    for f in (self._file, self._events):
+      if f is not None:
+        f.close()
+    self._file = self._events = None
+
+  def __enter__(self) -> 'MetricWriter':
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.close()

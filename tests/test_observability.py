@@ -1,0 +1,357 @@
+"""Writers, progress, plots, report and profiler on fake runs (CPU, no TensorFlow)."""
+
+import io
+import json
+import math
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.image
+import numpy as np
+import pytest
+from tensorboardX.proto import event_pb2
+from tensorboardX.record_writer import masked_crc32c
+
+from resnet_jax import plots, profiling, progress, report, writers
+from resnet_jax.writers import MetricWriter, read_metrics
+
+TRAIN_TAGS = {'train/loss', 'train/top1', 'lr', 'images_per_sec', 'step_time_ms'}
+EVAL_TAGS = {'eval/loss', 'eval/top1', 'eval/top5'}
+PNG = b'\x89PNG\r\n\x1a\n'
+
+
+def read_events(workdir: Path) -> list[event_pb2.Event]:
+  """All events of the workdir's event files (TFRecords: length, crc, data, crc; crcs checked)."""
+  events = []
+  for path in sorted(Path(workdir).glob('events.out.tfevents.*')):
+    data, pos = path.read_bytes(), 0
+    while pos < len(data):
+      header = data[pos:pos + 8]
+      (length,) = struct.unpack('<Q', header)
+      body = data[pos + 12:pos + 12 + length]
+      assert struct.unpack('<I', data[pos + 8:pos + 12])[0] == masked_crc32c(header)
+      assert struct.unpack('<I', data[pos + 12 + length:pos + 16 + length])[0] == masked_crc32c(body)
+      event = event_pb2.Event()
+      event.ParseFromString(body)
+      events.append(event)
+      pos += 16 + length
+  return events
+
+
+def scalars_by_tag(workdir: Path) -> dict[str, dict[int, float]]:
+  out: dict[str, dict[int, float]] = {}
+  for e in read_events(workdir):
+    for v in e.summary.value:
+      if v.HasField('simple_value'):
+        out.setdefault(v.tag, {})[e.step] = v.simple_value
+  return out
+
+
+def log_steps(writer: MetricWriter, steps: range, *, eval_every: int = 10, seed: int = 0,
+              steps_per_epoch: int = 20) -> None:
+  """Made-up decreasing losses and rising accuracies, eval every `eval_every` steps."""
+  rng = np.random.default_rng(seed)
+  for step in steps:
+    loss = 2.3 * math.exp(-step / 15) + 0.05 * rng.random()
+    writer.write_scalars(step, {'train/loss': loss, 'train/top1': 1 - loss / 2.5, 'lr': 0.1,
+                                'images_per_sec': 1000.0, 'step_time_ms': 64.0},
+                         epoch=step / steps_per_epoch)
+    if step % eval_every == 0:
+      writer.write_scalars(step, {'eval/loss': loss * 1.2, 'eval/top1': 1 - loss / 2.2,
+                                  'eval/top5': min(1.0, 1.3 - loss / 2.2)},
+                           epoch=step / steps_per_epoch)
+
+
+def fake_run(root: Path, name: str, *, steps: int = 40, eval_every: int = 10,
+             model: str = 'cifar_resnet20', seed: int = 0, finished: bool = True) -> Path:
+  workdir = root / name
+  workdir.mkdir(parents=True)
+  config = {'model': {'name': model, 'shortcut': 'A'}, 'batch_size': 64, 'seed': seed,
+            'profile_steps': (0, 0), 'data': {'mean': (0.5,), 'source': 'fake'}}
+  info = {'model': model, 'params': 272474, 'devices': '8 x cpu', 'processes': 1,
+          'mesh': {'data': 8}, 'global_batch': 64, 'per_device_batch': 8,
+          'train_examples': 1280, 'eval_examples': 256, 'steps_per_epoch': 20, 'steps': steps}
+  (workdir / 'config.json').write_text(json.dumps(config))
+  (workdir / 'run_info.json').write_text(json.dumps(info))
+  with MetricWriter(workdir, enabled=True) as w:
+    w.write_config(config)
+    log_steps(w, range(1, steps + 1), eval_every=eval_every, seed=seed)
+  if finished:
+    records = read_metrics(workdir)
+    last_eval = [r for r in records if 'eval/top1' in r][-1]
+    final = {k: last_eval[k] for k in EVAL_TAGS}
+    (workdir / 'summary.json').write_text(json.dumps(
+        {'final': final, 'best': dict(final, step=last_eval['step']), 'steps': steps,
+         'wall_time_s': 12.5, 'preempted': False}))
+  return workdir
+
+
+def assert_png(path: Path, min_size: int = 200) -> None:
+  assert path.is_file(), path
+  assert path.read_bytes()[:8] == PNG
+  image = matplotlib.image.imread(path)
+  assert image.ndim == 3 and min(image.shape[:2]) >= min_size, image.shape
+
+
+# writers
+
+def test_event_files_hold_the_tags(tmp_path):
+  workdir = fake_run(tmp_path, 'run')
+  tags = scalars_by_tag(workdir)
+  assert TRAIN_TAGS | EVAL_TAGS <= set(tags)
+  assert sorted(tags['train/loss']) == list(range(1, 41))
+  assert sorted(tags['eval/top1']) == [10, 20, 30, 40]
+  records = read_metrics(workdir)
+  assert tags['train/loss'][40] == pytest.approx(records[-2]['train/loss'], rel=1e-6)
+  all_tags = {v.tag for e in read_events(workdir) for v in e.summary.value}
+  assert 'config/text_summary' in all_tags
+  assert '_hparams_/experiment' in all_tags and '_hparams_/session_start_info' in all_tags
+
+
+def test_metrics_jsonl_schema(tmp_path):
+  workdir = fake_run(tmp_path, 'run')
+  lines = (workdir / 'metrics.jsonl').read_text().splitlines()
+  records = [json.loads(l) for l in lines]
+  assert records == read_metrics(workdir)
+  train = [r for r in records if 'train/loss' in r]
+  evals = [r for r in records if 'eval/top1' in r]
+  assert [r['step'] for r in train] == list(range(1, 41))
+  assert [r['step'] for r in evals] == [10, 20, 30, 40]
+  assert all(a['step'] <= b['step'] and a['time'] <= b['time'] for a, b in zip(records, records[1:]))
+  assert set(train[0]) == {'step', 'epoch', 'time'} | TRAIN_TAGS
+  assert set(evals[0]) == {'step', 'epoch', 'time'} | EVAL_TAGS
+  assert evals[0]['epoch'] == 0.5 and 0 <= evals[-1]['eval/top1'] <= 1
+  assert train[-1]['train/loss'] < train[0]['train/loss']
+
+
+def test_each_line_is_on_disk_before_close(tmp_path):
+  w = MetricWriter(tmp_path, enabled=True)
+  w.write_scalars(1, {'train/loss': np.float32(2.0)}, epoch=0.1)
+  assert read_metrics(tmp_path)[0]['train/loss'] == 2.0   # flushed, not closed
+  assert 'train/loss' in scalars_by_tag(tmp_path)
+  w.close()
+
+
+def test_disabled_writer_writes_nothing(tmp_path):
+  workdir = tmp_path / 'run'
+  with MetricWriter(workdir, enabled=False) as w:
+    w.write_config({'a': 1})
+    w.write_scalars(1, {'train/loss': 1.0})
+    w.write_image('x', 1, np.zeros((4, 4, 3), np.uint8))
+    w.flush()
+  assert not workdir.exists()
+
+
+def test_write_image_png_and_array(tmp_path):
+  workdir = fake_run(tmp_path, 'run')
+  [loss_png, _] = plots.write_plots(workdir)
+  with MetricWriter(workdir, enabled=True) as w:
+    w.write_image('plots/loss', 40, loss_png)
+    w.write_image('noise', 40, np.random.default_rng(0).random((8, 8)))
+    with pytest.raises(ValueError, match='not a PNG'):
+      w.write_image('bad', 40, workdir / 'config.json')
+  images = {v.tag: v.image for e in read_events(workdir) for v in e.summary.value
+            if v.HasField('image')}
+  assert images['plots/loss'].encoded_image_string == loss_png.read_bytes()
+  h, w_, _ = matplotlib.image.imread(loss_png).shape
+  assert (images['plots/loss'].height, images['plots/loss'].width) == (h, w_)
+  assert images['noise'].encoded_image_string[:8] == PNG
+
+
+def test_resume_supersedes_repeated_steps(tmp_path):
+  with MetricWriter(tmp_path, enabled=True) as w:
+    log_steps(w, range(1, 26))                 # crashed after step 25, checkpoint at 20
+  with MetricWriter(tmp_path, enabled=True) as w:
+    log_steps(w, range(21, 31), seed=1)        # resumed from step 20
+  records = read_metrics(tmp_path)
+  train_steps = [r['step'] for r in records if 'train/loss' in r]
+  assert train_steps == list(range(1, 31))
+  assert [r['step'] for r in records if 'eval/top1' in r] == [10, 20, 30]
+  assert records[-1]['time'] >= max(r['time'] for r in records[:-1])   # the clock goes on
+  purge = [e for e in read_events(tmp_path) if e.HasField('session_log')]
+  assert [e.step for e in purge] == [21]        # TensorBoard hides the old events from 21 on
+
+
+def test_read_metrics_errors_name_the_directory(tmp_path):
+  with pytest.raises(FileNotFoundError, match='nowhere'):
+    read_metrics(tmp_path / 'nowhere')
+  with pytest.raises(FileNotFoundError, match=f'{tmp_path.name}.*not a run directory'):
+    read_metrics(tmp_path)
+  (tmp_path / 'metrics.jsonl').write_text('{"step": 1, "lr": 0.1}\n{"step": 2, "lr')
+  assert read_metrics(tmp_path) == [{'step': 1, 'lr': 0.1}]    # torn last line skipped
+  (tmp_path / 'metrics.jsonl').write_text('garbage\n{"step": 1}\n')
+  with pytest.raises(ValueError, match='metrics.jsonl:1'):
+    read_metrics(tmp_path)
+
+
+# plots
+
+def test_write_plots(tmp_path):
+  workdir = fake_run(tmp_path, 'run')
+  paths = plots.write_plots(workdir)
+  assert paths == [workdir / 'plots' / 'loss.png', workdir / 'plots' / 'accuracy.png']
+  for p in paths:
+    assert_png(p)
+  assert sorted(p.name for p in (workdir / 'plots').iterdir()) == ['accuracy.png', 'loss.png']
+
+
+def test_write_plots_without_eval_or_metrics(tmp_path):
+  workdir = fake_run(tmp_path, 'noeval', steps=5, eval_every=1000, finished=False)
+  for p in plots.write_plots(workdir):
+    assert_png(p)
+  empty = tmp_path / 'empty'
+  MetricWriter(empty, enabled=True).close()    # a run that has logged nothing yet
+  assert plots.write_plots(empty) == []
+
+
+# report
+
+def test_report_overlays_two_runs(tmp_path):
+  a = fake_run(tmp_path, 'plain20', model='cifar_plain20', seed=0)
+  b = fake_run(tmp_path, 'resnet20', model='cifar_resnet20', seed=1, finished=False)
+  png, md = report.write_report([a, b], tmp_path / 'out')
+  assert_png(png)
+  table = md.read_text()
+  rows = [l for l in table.splitlines() if l.startswith('| ')]
+  assert len(rows) == 3                                   # header and one row per run
+  assert rows[1].startswith('| plain20 | cifar_plain20 | 272.5K |')
+  assert rows[2].startswith('| resnet20 | cifar_resnet20 |')
+  final = [r for r in read_metrics(a) if 'eval/top1' in r][-1]
+  assert f'{100 * final["eval/top1"]:.2f}' in rows[1]
+  assert '0:12' in rows[1]                                # summary's wall time
+
+
+def test_report_cli_default_out_is_the_parent(tmp_path, capsys):
+  a, b = fake_run(tmp_path, 'a'), fake_run(tmp_path, 'b', seed=2)
+  assert report.main([str(a), str(b)]) == 0
+  assert (tmp_path / 'report.png').is_file() and (tmp_path / 'report.md').is_file()
+  assert 'report.md' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('kind', ['not_a_run', 'no_metrics', 'missing'])
+def test_report_bad_input(tmp_path, capsys, kind):
+  good = fake_run(tmp_path, 'good')
+  bad = tmp_path / kind
+  if kind == 'not_a_run':
+    bad.mkdir()
+    (bad / 'notes.txt').write_text('hello')
+  elif kind == 'no_metrics':
+    bad.mkdir()
+    (bad / 'config.json').write_text('{}')
+  code = report.main([str(good), str(bad), '--out', str(tmp_path / 'out')])
+  err = capsys.readouterr().err
+  assert code != 0
+  assert str(bad) in err and 'Traceback' not in err
+  assert not (tmp_path / 'out' / 'report.png').exists()
+
+
+def test_report_module_exits_nonzero_without_traceback(tmp_path):
+  bad = tmp_path / 'empty_dir'
+  bad.mkdir()
+  proc = subprocess.run([sys.executable, '-m', 'resnet_jax.report', str(bad)],
+                        capture_output=True, text=True, cwd=Path(__file__).parents[1])
+  assert proc.returncode == 1
+  assert f'{bad} is not a run directory' in proc.stderr and 'Traceback' not in proc.stderr
+
+
+# progress and summaries
+
+class FakeTTY(io.StringIO):
+  def isatty(self):
+    return True
+
+
+def test_progress_plain_lines(tmp_path):
+  out = io.StringIO()
+  p = progress.Progress(40, enabled=True, stream=out, interval_s=0)
+  for step in (10, 20):
+    p.update(step, {'train/loss': 1.2345, 'train/top1': 0.5, 'lr': 0.1, 'images_per_sec': 5000,
+                    'step_time_ms': 12.8}, epoch=step / 20)
+  p.write('step 20: eval/top1 0.4512')
+  p.close()
+  lines = out.getvalue().splitlines()
+  assert lines[0].startswith('step 10/40 (25%) | epoch 0.50 | loss 1.234 | top1 50.00% | lr 0.1')
+  assert '5K img/s' in lines[0] and 'ETA' in lines[0]
+  assert lines[1].startswith('step 20/40') and lines[2] == 'step 20: eval/top1 0.4512'
+  assert '\r' not in out.getvalue()
+
+
+def test_progress_throttles_plain_lines_but_shows_first_and_last():
+  out = io.StringIO()
+  p = progress.Progress(30, enabled=True, stream=out, interval_s=3600)
+  for step in (10, 20, 30):
+    p.update(step, {'train/loss': 1.0})
+  assert [l.split('/')[0] for l in out.getvalue().splitlines()] == ['step 10', 'step 30']
+
+
+def test_progress_tty_redraws_one_line():
+  out = FakeTTY()
+  p = progress.Progress(40, enabled=True, stream=out, initial_step=10)
+  p.update(20, {'train/loss': 1.0})
+  p.update(30, {'train/loss': 0.9})
+  p.write('eval done')
+  p.close()
+  text = out.getvalue()
+  assert text.startswith('resuming at step 10 of 40\n')
+  assert text.count('\n') == 3 and '\r\x1b[Kstep 30/40' in text and 'eval done\n' in text
+
+
+def test_progress_disabled_is_quiet():
+  out = io.StringIO()
+  p = progress.Progress(40, enabled=False, stream=out, initial_step=5)
+  p.update(10, {'train/loss': 1.0})
+  p.write('hello')
+  p.close()
+  assert out.getvalue() == ''
+
+
+def test_start_and_end_summaries():
+  info = {'model': 'resnet50', 'params': 25557032, 'devices': '8 x NVIDIA H100', 'processes': 1,
+          'mesh': {'data': 8}, 'global_batch': 1024, 'per_device_batch': 128,
+          'train_examples': 1281167, 'eval_examples': 50000, 'steps': 112590,
+          'steps_per_epoch': 1251}
+  text = progress.format_start_summary(info)
+  for part in ('resnet50', '25.56M (25,557,032)', '8 x NVIDIA H100 on 1 process', 'data=8',
+               '1024 global, 128 per device', '1,281,167 train, 50,000 eval', '112,590'):
+    assert part in text
+  assert progress.format_start_summary({'model': 'x'}) == 'run\n  model  x'
+  end = progress.format_end_summary({
+      'final': {'eval/top1': 0.7612, 'eval/loss': 0.95},
+      'best': {'eval/top1': 0.7620, 'eval/loss': 0.94, 'step': 110000},
+      'steps': 112590, 'wall_time_s': 3 * 3600 + 5, 'preempted': False})
+  assert 'finished: 112,590 steps in 3:00:05' in end
+  assert '76.12%' in end and '76.20%' in end and 'best (step 110,000)' in end
+  assert 'preempted at step 7' in progress.format_end_summary(
+      {'final': {}, 'best': {}, 'steps': 7, 'wall_time_s': 1.0, 'preempted': True})
+
+
+# profiler
+
+def test_profiler_off_and_bad_range(tmp_path):
+  p = profiling.StepProfiler(tmp_path, (0, 0))
+  for step in range(5):
+    p.before_step(step)
+    p.after_step(step + 1)
+  p.close()
+  assert not (tmp_path / 'profile').exists()
+  with pytest.raises(ValueError, match='profile_steps'):
+    profiling.StepProfiler(tmp_path, (5, 2))
+
+
+def test_profiler_traces_the_range(tmp_path):
+  import jax
+  import jax.numpy as jnp
+  f = jax.jit(lambda x: x * 2 + 1)
+  x = jnp.ones(4)
+  p = profiling.StepProfiler(tmp_path, (2, 3))
+  started = []
+  for step in range(5):
+    p.before_step(step)
+    started.append(p.active)
+    x = f(x)
+    p.after_step(step + 1, x)
+  p.close()
+  assert started == [False, True, True, False, False]
+  assert any(f.is_file() for f in (tmp_path / 'profile').rglob('*'))
