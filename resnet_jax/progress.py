@@ -36,6 +36,11 @@ def format_count(n: float) -> str:
   return f'{n:g}'
 
 
+def _n(value: Any) -> str:
+  """Integers with thousands separators; anything else as is."""
+  return f'{value:,}' if isinstance(value, int) and not isinstance(value, bool) else str(value)
+
+
 def format_metric(name: str, value: Any) -> str:
   """Accuracies (fractions) as percentages, the rest with 4 significant digits."""
   if not isinstance(value, (int, float)):
@@ -72,7 +77,7 @@ def format_start_summary(run_info: Mapping[str, Any]) -> str:
   get = run_info.get
   rows = [('model', str(get('model', '?')))]
   if 'params' in run_info:
-    rows.append(('parameters', f'{format_count(get("params"))} ({get("params"):,})'))
+    rows.append(('parameters', f'{format_count(get("params"))} ({_n(get("params"))})'))
   if 'devices' in run_info:
     procs = get('processes')
     rows.append(('devices', f'{get("devices")}'
@@ -85,11 +90,11 @@ def format_start_summary(run_info: Mapping[str, Any]) -> str:
     per = f', {get("per_device_batch")} per device' if 'per_device_batch' in run_info else ''
     rows.append(('batch', f'{get("global_batch")} global{per}'))
   if 'train_examples' in run_info or 'eval_examples' in run_info:
-    rows.append(('dataset', f'{get("train_examples", "?"):,} train, '
-                 f'{get("eval_examples", "?"):,} eval examples'))
+    rows.append(('dataset', f'{_n(get("train_examples", "?"))} train, '
+                 f'{_n(get("eval_examples", "?"))} eval examples'))
   if 'steps' in run_info:
-    per_epoch = (f' ({get("steps_per_epoch"):,} per epoch)' if get('steps_per_epoch') else '')
-    rows.append(('steps', f'{get("steps"):,}{per_epoch}'))
+    per_epoch = f' ({_n(get("steps_per_epoch"))} per epoch)' if get('steps_per_epoch') else ''
+    rows.append(('steps', f'{_n(get("steps"))}{per_epoch}'))
   return 'run\n' + _rows(rows)
 
 
@@ -97,15 +102,16 @@ def format_end_summary(summary: Mapping[str, Any]) -> str:
   """Final and best metrics side by side, steps and wall time."""
   final, best = dict(summary.get('final') or {}), dict(summary.get('best') or {})
   best_step = best.pop('step', None)
-  head = f'finished: {summary.get("steps", "?"):,} steps'
+  steps = _n(summary.get('steps', '?'))
+  head = f'finished: {steps} steps'
   if summary.get('preempted'):
-    head = f'preempted at step {summary.get("steps", "?"):,} (resume with the same command)'
+    head = f'preempted at step {steps} (resume with the same command)'
   if 'wall_time_s' in summary:
     head += f' in {format_duration(summary["wall_time_s"])}'
   names = list(dict.fromkeys([*final, *best]))
   if not names:
     return head + '\n  (no evaluation)'
-  best_label = f'best (step {best_step:,})' if best_step is not None else 'best'
+  best_label = f'best (step {_n(best_step)})' if best_step is not None else 'best'
   rows = [('metric', f'{"final":>10}  {best_label}')]
   rows += [(n, f'{format_metric(n, final.get(n, "-")):>10}  {format_metric(n, best.get(n, "-"))}')
            for n in names]

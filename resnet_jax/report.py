@@ -29,7 +29,7 @@ import matplotlib
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from resnet_jax.plots import TEST_STYLE, TRAIN_STYLE, error_percent, save, series
+from resnet_jax.plots import TEST_STYLE, TRAIN_STYLE, error_percent, save
 from resnet_jax.progress import format_count, format_duration
 from resnet_jax.writers import METRICS_FILE, read_metrics
 

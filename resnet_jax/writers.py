@@ -10,10 +10,12 @@
 is not counted), then the scalars under their flat keys, which are also the TensorBoard tags.
 Every line is flushed as it is written, so a crash loses nothing that was logged.
 
-On resume a run repeats the steps after its last checkpoint. The writer then marks the event
-file so that TensorBoard hides the superseded events (`purge_step`), and `read_metrics` drops the
-superseded lines: the latest record of a step range wins. Non-finite values are written as
-Python's json writes them (`NaN`, `Infinity`).
+Event files (`events.out.tfevents.<unix time>.<host>`, one per writer) are written synchronously
+with tensorboardX's protobufs, no writer thread. On resume a run repeats the steps after its last
+checkpoint: the writer then starts its event file with a session-log START at the first repeated
+step (what TensorBoard's `purge_step` does), so TensorBoard hides the superseded events, and
+`read_metrics` drops the superseded lines: the latest record of a step range wins. Non-finite
+values are written as Python's json writes them (`NaN`, `Infinity`).
 
 Nothing here touches JAX; only the writer classes have side effects.
 """

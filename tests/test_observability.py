@@ -14,7 +14,7 @@ import pytest
 from tensorboardX.proto import event_pb2
 from tensorboardX.record_writer import masked_crc32c
 
-from resnet_jax import plots, profiling, progress, report, writers
+from resnet_jax import plots, profiling, progress, report
 from resnet_jax.writers import MetricWriter, read_metrics
 
 TRAIN_TAGS = {'train/loss', 'train/top1', 'lr', 'images_per_sec', 'step_time_ms'}
@@ -317,6 +317,7 @@ def test_start_and_end_summaries():
                '1024 global, 128 per device', '1,281,167 train, 50,000 eval', '112,590'):
     assert part in text
   assert progress.format_start_summary({'model': 'x'}) == 'run\n  model  x'
+  assert '? train, 10 eval' in progress.format_start_summary({'eval_examples': 10, 'steps': '?'})
   end = progress.format_end_summary({
       'final': {'eval/top1': 0.7612, 'eval/loss': 0.95},
       'best': {'eval/top1': 0.7620, 'eval/loss': 0.94, 'step': 110000},
@@ -325,6 +326,41 @@ def test_start_and_end_summaries():
   assert '76.12%' in end and '76.20%' in end and 'best (step 110,000)' in end
   assert 'preempted at step 7' in progress.format_end_summary(
       {'final': {}, 'best': {}, 'steps': 7, 'wall_time_s': 1.0, 'preempted': True})
+  assert 'finished: ? steps' in progress.format_end_summary({})
+
+
+# the training loop's calls, as resnet_jax/train/loop.py makes them
+
+def test_loop_call_sequence(tmp_path, capsys):
+  workdir, total = tmp_path / 'run', 6
+  writer = MetricWriter(workdir, enabled=True)
+  writer.write_config({'model': {'name': 'small_resnet'}, 'profile_steps': (0, 0)})
+  print(progress.format_start_summary({'model': 'small_resnet', 'params': 1000}), flush=True)
+  bar = progress.Progress(total, enabled=True, initial_step=0)
+  profiler = profiling.StepProfiler(workdir, (0, 0))
+  for step in range(1, total + 1):
+    profiler.before_step(step - 1)
+    profiler.after_step(step)
+    scalars = {'train/loss': 1.0 / step, 'train/top1': 0.1 * step, 'lr': 0.1,
+               'images_per_sec': 100.0, 'step_time_ms': 10.0}
+    writer.write_scalars(step, scalars, epoch=step / 3)
+    bar.update(step, scalars)
+    if step % 3 == 0:
+      metrics = {'eval/loss': 1.0, 'eval/top1': 0.5, 'eval/top5': 0.9}
+      writer.write_scalars(step, metrics, epoch=step / 3)
+      bar.write(f'step {step}: ' + ', '.join(f'{k} {v:.4f}' for k, v in metrics.items()))
+  profiler.close()
+  bar.close()
+  for path in plots.write_plots(workdir):
+    writer.write_image(f'plots/{Path(path).stem}', total, path)
+  print(progress.format_end_summary({'final': metrics, 'best': dict(metrics, step=3),
+                                     'steps': total, 'wall_time_s': 1.0, 'preempted': False}))
+  writer.close()
+  out = capsys.readouterr().out
+  assert 'step 1/6' in out and 'step 6/6' in out and 'step 3: eval/loss' in out
+  assert 'finished: 6 steps' in out
+  images = {v.tag for e in read_events(workdir) for v in e.summary.value if v.HasField('image')}
+  assert images == {'plots/loss', 'plots/accuracy'}
 
 
 # profiler
