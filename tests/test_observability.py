@@ -174,6 +174,26 @@ def test_resume_supersedes_repeated_steps(tmp_path):
   assert [e.step for e in purge] == [21]        # TensorBoard hides the old events from 21 on
 
 
+def test_tensorboard_reads_the_event_files(tmp_path):
+  """Where TensorBoard is installed (the GPU hosts), its own reader agrees with ours."""
+  ea = pytest.importorskip('tensorboard.backend.event_processing.event_accumulator')
+  workdir = fake_run(tmp_path, 'run', steps=25, finished=False)   # crashed after 25
+  with MetricWriter(workdir, enabled=True) as w:                    # resumed from 20
+    log_steps(w, range(21, 31), seed=1)
+    w.write_image('plots/loss', 30, plots.write_plots(workdir)[0])
+  acc = ea.EventAccumulator(str(workdir), size_guidance={'scalars': 0, 'images': 0, 'tensors': 0})
+  acc.Reload()
+  assert TRAIN_TAGS | EVAL_TAGS <= set(acc.Tags()['scalars'])
+  loss = {e.step: e.value for e in acc.Scalars('train/loss')}
+  assert sorted(loss) == list(range(1, 31))                          # the repeats purged
+  ours = {r['step']: r['train/loss'] for r in read_metrics(workdir) if 'train/loss' in r}
+  assert loss == pytest.approx(ours, rel=1e-6)
+  assert [e.step for e in acc.Scalars('eval/top1')] == [10, 20, 30]
+  assert 'plots/loss' in acc.Tags()['images']
+  assert 'config/text_summary' in acc.Tags()['tensors']
+  assert '_hparams_/experiment' in acc.PluginTagToContent('hparams')
+
+
 def test_read_metrics_errors_name_the_directory(tmp_path):
   with pytest.raises(FileNotFoundError, match='nowhere'):
     read_metrics(tmp_path / 'nowhere')
