@@ -23,13 +23,17 @@ class Family:
   input_shape: tuple[int, int, int]
 
 
-IMAGENET = Family(64, (1, 2, 2, 2), 7, 2, True, 'B', 1000, (224, 224, 3))
-CIFAR = Family(16, (1, 2, 2), 3, 1, False, 'A', 10, (32, 32, 3))
-SMALL = Family(32, (1, 2, 2), 3, 1, False, 'B', 10, (32, 32, 3))
+IMAGENET = Family(width=64, stage_strides=(1, 2, 2, 2), stem_kernel=7, stem_strides=2,
+                  stem_pool=True, shortcut='B', num_classes=1000, input_shape=(224, 224, 3))
+CIFAR = Family(width=16, stage_strides=(1, 2, 2), stem_kernel=3, stem_strides=1, stem_pool=False,
+               shortcut='A', num_classes=10, input_shape=(32, 32, 3))
+SMALL = Family(width=32, stage_strides=(1, 2, 2), stem_kernel=3, stem_strides=1, stem_pool=False,
+               shortcut='B', num_classes=10, input_shape=(32, 32, 3))
 
 
 @dataclasses.dataclass(frozen=True)
 class Spec:
+  """One model name: its family, blocks per stage, block type, shortcuts or not."""
   family: Family
   stage_sizes: tuple[int, ...]
   bottleneck: bool
@@ -37,6 +41,7 @@ class Spec:
 
 
 def _specs() -> dict[str, Spec]:
+  """resnetD and plainD (ImageNet), cifar_resnetD and cifar_plainD (D = 6n + 2), small_*."""
   imagenet = {18: ((2, 2, 2, 2), False), 34: ((3, 4, 6, 3), False), 50: ((3, 4, 6, 3), True),
               101: ((3, 4, 23, 3), True), 152: ((3, 8, 36, 3), True)}
   kinds = (('resnet', True), ('plain', False))
