@@ -1,0 +1,70 @@
+"""Image decoding with PIL: any file (or array) to 'RGB' or single-channel 'L' pixels.
+
+Grayscale, CMYK, palette (with or without transparency), alpha (RGBA, LA) and 16-bit images all
+come out as 8-bit RGB, or as 8-bit grey for single-channel datasets (MNIST). Every failure is a
+`BadImageError` naming the record.
+"""
+
+import io
+
+import numpy as np
+from PIL import Image
+
+_MODE = {1: 'L', 3: 'RGB'}
+_SIXTEEN_BIT_MODES = ('I;16', 'I;16L', 'I;16B', 'I;16N', 'I')
+
+
+class BadImageError(ValueError):
+  """An image that cannot be decoded; the message names its record (file)."""
+
+
+def open_image(data: bytes | np.ndarray, key: str) -> Image.Image:
+  """The image with only its header read (size and format known, pixels not decoded yet)."""
+  try:
+    if isinstance(data, np.ndarray):
+      return Image.fromarray(data[..., 0] if data.ndim == 3 and data.shape[-1] == 1 else data)
+    return Image.open(io.BytesIO(data))
+  except Exception as e:  # PIL raises many types for bad files; all mean the same here.
+    raise BadImageError(f'{key}: not a readable image ({type(e).__name__}: {e})') from e
+
+
+def load_pixels(image: Image.Image, channels: int, key: str,
+                draft_size: tuple[int, int] | None = None) -> Image.Image:
+  """Decodes `image` into mode 'RGB' (channels=3) or 'L' (channels=1).
+
+  `draft_size`: the smallest size still needed; a JPEG is then decoded at 1/2, 1/4 or 1/8 scale
+  where that is still at least this size, which saves most of the decoding of large photos.
+  """
+  mode = _MODE[channels]
+  try:
+    if draft_size is not None and image.format == 'JPEG':
+      image.draft(mode, draft_size)
+    image.load()
+    return _convert(image, mode)
+  except Exception as e:  # truncated data, broken streams, unsupported modes...
+    raise BadImageError(f'{key}: cannot decode the image ({type(e).__name__}: {e})') from e
+
+
+def decode_array(data: bytes | np.ndarray, channels: int, key: str) -> np.ndarray:
+  """The whole image as uint8 [H, W, channels]."""
+  if (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 3
+      and data.shape[-1] == channels):
+    return data
+  return as_array(load_pixels(open_image(data, key), channels, key))
+
+
+def as_array(image: Image.Image) -> np.ndarray:
+  """uint8 [H, W, C] (C = 1 for 'L')."""
+  array = np.asarray(image, dtype=np.uint8)
+  return array[..., None] if array.ndim == 2 else array
+
+
+def _convert(image: Image.Image, mode: str) -> Image.Image:
+  if image.mode == mode:
+    return image
+  if image.mode in _SIXTEEN_BIT_MODES:   # PIL's convert would clip, not rescale, 16-bit values
+    image = Image.fromarray((np.asarray(image).astype(np.int64).clip(0, 65535) >> 8)
+                            .astype(np.uint8))
+  elif image.mode in ('P', 'PA'):        # palette, maybe with a transparent colour
+    image = image.convert('RGBA')
+  return image.convert(mode)

@@ -1,0 +1,54 @@
+"""The on-disk format of a prepared image folder (written by `prepare`, read by `folder_source`).
+
+    DIR/dataset.json         class names, splits with their files, sizes and per-class counts
+    DIR/<split>.array_record one record per image: label, source path, the encoded file bytes
+
+A record is `<u32 label><u16 n><n bytes of UTF-8 path><image file bytes>` (little-endian).
+"""
+
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+from resnet_jax.data.splits import Record
+
+METADATA_FILE = 'dataset.json'
+FORMAT = 'resnet_jax.image_folder/1'
+_HEADER = struct.Struct('<IH')
+
+
+def split_file(split: str) -> str:
+  return f'{split}.array_record'
+
+
+def encode_record(label: int, path: str, image: bytes) -> bytes:
+  path_bytes = path.encode('utf-8')
+  return _HEADER.pack(label, len(path_bytes)) + path_bytes + image
+
+
+def decode_record(record: bytes) -> Record:
+  label, n = _HEADER.unpack_from(record)
+  start = _HEADER.size
+  return {'image': record[start + n:], 'label': label,
+          'key': record[start:start + n].decode('utf-8')}
+
+
+def write_metadata(directory: Path, metadata: dict[str, Any]) -> None:
+  (directory / METADATA_FILE).write_text(json.dumps(dict(metadata, format=FORMAT), indent=1))
+
+
+def read_metadata(directory: Path) -> dict[str, Any]:
+  path = directory / METADATA_FILE
+  if not directory.is_dir():
+    raise FileNotFoundError(f'prepared image-folder dataset {directory} does not exist; create it '
+                            'with: python -m resnet_jax.data.prepare --image-folder ROOT '
+                            f'--out {directory}')
+  if not path.is_file():
+    raise FileNotFoundError(f'{directory} is not a prepared image-folder dataset (no '
+                            f'{METADATA_FILE}); create it with: python -m resnet_jax.data.prepare '
+                            f'--image-folder ROOT --out {directory}')
+  metadata = json.loads(path.read_text())
+  if metadata.get('format') != FORMAT:
+    raise ValueError(f'{path}: format {metadata.get("format")!r}, expected {FORMAT!r}')
+  return metadata

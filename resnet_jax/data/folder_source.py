@@ -1,0 +1,36 @@
+"""Image folders prepared by `python -m resnet_jax.data.prepare` (ArrayRecord + dataset.json)."""
+
+from pathlib import Path
+
+import grain
+
+from resnet_jax.data import folder_format
+from resnet_jax.data.splits import Record, Split, check_split_names
+
+
+class FolderRecords:
+  """One split's ArrayRecord file seen as records; keys name the source image and the record."""
+
+  def __init__(self, path: str):
+    self.path = path
+    self._source = grain.sources.ArrayRecordDataSource([path])
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def __getitem__(self, index: int) -> Record:
+    record = folder_format.decode_record(self._source[index])
+    record['key'] = f'{record["key"]} (record {index} of {self.path})'
+    return record
+
+
+def load_folder_split(split: str, data_dir: str) -> Split:
+  directory = Path(data_dir)
+  if not data_dir:
+    raise ValueError('data.source=folder needs data.data_dir: the output directory of '
+                     'python -m resnet_jax.data.prepare')
+  metadata = folder_format.read_metadata(directory)
+  check_split_names(split, list(metadata['splits']), f'the prepared dataset {directory}')
+  path = directory / metadata['splits'][split]['file']
+  return Split(records=FolderRecords(str(path)), class_names=tuple(metadata['class_names']),
+               channels=3, name=f'{directory.name}/{split}')

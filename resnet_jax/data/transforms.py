@@ -1,0 +1,140 @@
+"""Per-example augmentation on the host (PIL and numpy), for the grain pipeline. Output: uint8.
+
+ImageNet-style crops are planned on the image header first (a box in source pixels), then the
+image is decoded (a JPEG at a reduced scale where the box allows it) and only the box is resized:
+one resample instead of resize-everything-then-crop, which gives the same pixels.
+"""
+
+import dataclasses
+import math
+
+import ml_collections
+import numpy as np
+from PIL import Image
+
+from resnet_jax.data.decode import as_array, decode_array, load_pixels, open_image
+
+AUGMENTS = ('imagenet_scale', 'inception_crop', 'cifar', 'none')
+Box = tuple[float, float, float, float]   # (left, upper, right, lower) in source pixels
+
+
+def scale_augment_box(width: int, height: int, rng: np.random.Generator, *, size: int,
+                      scale_range: tuple[int, int]) -> Box:
+  """The paper's scale augmentation: shorter side resized to S ~ U{lo..hi}, a random size^2 crop."""
+  shorter = rng.integers(scale_range[0], scale_range[1] + 1)
+  side = min(size * min(width, height) / shorter, width, height)   # the crop, in source pixels
+  left, upper = rng.uniform(0, width - side), rng.uniform(0, height - side)
+  return left, upper, left + side, upper + side
+
+
+def inception_crop_box(width: int, height: int, rng: np.random.Generator, *,
+                       area_range: tuple[float, float] = (0.08, 1.0),
+                       ratio_range: tuple[float, float] = (3 / 4, 4 / 3),
+                       attempts: int = 10) -> Box:
+  """Random-resized crop (Szegedy et al.): a random area fraction and aspect ratio.
+
+  After `attempts` boxes that do not fit, the centre crop at the nearest allowed aspect ratio.
+  """
+  log_ratio = np.log(ratio_range)
+  for _ in range(attempts):
+    area = width * height * rng.uniform(*area_range)
+    ratio = math.exp(rng.uniform(*log_ratio))
+    w, h = round(math.sqrt(area * ratio)), round(math.sqrt(area / ratio))
+    if 0 < w <= width and 0 < h <= height:
+      left, upper = rng.integers(0, width - w + 1), rng.integers(0, height - h + 1)
+      return left, upper, left + w, upper + h
+  ratio = width / height
+  w, h = width, height
+  if ratio < ratio_range[0]:
+    h = round(width / ratio_range[0])
+  elif ratio > ratio_range[1]:
+    w = round(height * ratio_range[1])
+  left, upper = (width - w) / 2, (height - h) / 2
+  return left, upper, left + w, upper + h
+
+
+def center_crop_box(width: int, height: int, *, size: int, resize: int = 0) -> Box:
+  """Shorter side resized to `resize`, then the centre size^2 crop.
+
+  `resize=0`: no resizing (a plain centre crop) unless the image is smaller than `size`, which is
+  then scaled up to it.
+  """
+  shorter = min(width, height)
+  side = size * shorter / (resize or max(size, shorter))
+  w, h = min(side, width), min(side, height)
+  left, upper = (width - w) / 2, (height - h) / 2
+  return left, upper, left + w, upper + h
+
+
+def crop_resize(image: Image.Image, box: Box, size: int, channels: int, key: str) -> np.ndarray:
+  """Decodes `image` (opened, not loaded) and resizes the `box` region to size x size."""
+  width, height = image.size
+  shrink = max(1.0, min(box[2] - box[0], box[3] - box[1]) / size)
+  pixels = load_pixels(image, channels, key,
+                       draft_size=(math.ceil(width / shrink), math.ceil(height / shrink)))
+  sx, sy = pixels.width / width, pixels.height / height   # < 1 when JPEG draft scaled down
+  box = (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
+  return as_array(pixels.resize((size, size), Image.BILINEAR, box=box))
+
+
+def pad_crop(image: np.ndarray, rng: np.random.Generator, *, size: int, pad: int) -> np.ndarray:
+  """CIFAR augmentation: zero padding of `pad` pixels, then a random size x size crop."""
+  h, w, _ = image.shape
+  if min(h, w) + 2 * pad < size:
+    raise ValueError(f'a {h}x{w} image padded by {pad} is smaller than the {size} crop')
+  y, x = rng.integers(0, h + 2 * pad - size + 1), rng.integers(0, w + 2 * pad - size + 1)
+  padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)))
+  return padded[y:y + size, x:x + size]
+
+
+def random_flips(image: np.ndarray, rng: np.random.Generator, *, hflip: bool,
+                 vflip: bool) -> np.ndarray:
+  if hflip and rng.random() < 0.5:
+    image = image[:, ::-1]
+  if vflip and rng.random() < 0.5:
+    image = image[::-1]
+  return image
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageTransform:
+  """The train augmentation and the eval crop of a config, for images of `channels` channels."""
+  augment: str
+  size: int
+  channels: int
+  eval_resize: int = 0
+  scale_range: tuple[int, int] = (256, 480)
+  pad: int = 4
+  hflip: bool = True
+  vflip: bool = False
+
+  def __post_init__(self):
+    if self.augment not in AUGMENTS:
+      raise ValueError(f'unknown data.augment {self.augment!r}; valid: {", ".join(AUGMENTS)}')
+    if self.eval_resize and self.eval_resize < self.size:
+      raise ValueError(f'data.eval_resize={self.eval_resize} is smaller than '
+                       f'data.image_size={self.size}')
+
+  @classmethod
+  def from_config(cls, d: ml_collections.ConfigDict, channels: int) -> 'ImageTransform':
+    return cls(augment=d.augment, size=d.image_size, channels=channels, eval_resize=d.eval_resize,
+               scale_range=tuple(d.scale_range), pad=d.pad, hflip=d.hflip, vflip=d.vflip)
+
+  def train(self, data: bytes | np.ndarray, key: str, rng: np.random.Generator) -> np.ndarray:
+    if self.augment == 'none':
+      return self.eval(data, key)
+    if self.augment == 'cifar':
+      image = pad_crop(decode_array(data, self.channels, key), rng, size=self.size, pad=self.pad)
+    else:
+      header = open_image(data, key)
+      if self.augment == 'imagenet_scale':
+        box = scale_augment_box(*header.size, rng, size=self.size, scale_range=self.scale_range)
+      else:
+        box = inception_crop_box(*header.size, rng)
+      image = crop_resize(header, box, self.size, self.channels, key)
+    return random_flips(image, rng, hflip=self.hflip, vflip=self.vflip)
+
+  def eval(self, data: bytes | np.ndarray, key: str) -> np.ndarray:
+    header = open_image(data, key)
+    box = center_crop_box(*header.size, size=self.size, resize=self.eval_resize)
+    return crop_resize(header, box, self.size, self.channels, key)
