@@ -30,9 +30,15 @@ def grain_input(split: Split, d: ml_collections.ConfigDict, mesh: Mesh, *, train
   place = functools.partial(to_global, sharding=parallel.batch_sharding(mesh),
                             process_count=process_count)
 
-  def device_batches(ds, start: int) -> Iterator[Batch]:
+  def placed(ds, start: int) -> Iterator[Batch]:
     host = grain_loader.host_batches(ds, start=start, num_workers=d.num_workers)
-    return prefetch(map(place, host), d.prefetch)
+    try:
+      yield from map(place, host)
+    finally:
+      host.close()   # stops grain's worker processes and frees their shared memory
+
+  def device_batches(ds, start: int) -> Iterator[Batch]:
+    return prefetch(placed(ds, start), d.prefetch)
 
   if not train:
     ds = grain_loader.eval_dataset(load, batch_size=local_batch, process_index=process_index,

@@ -12,7 +12,7 @@ from typing import Iterator
 
 import grain
 import numpy as np
-from absl import logging
+from absl import flags, logging
 
 from resnet_jax.data.decode import BadImageError
 from resnet_jax.data.splits import Records, shard_indices
@@ -120,6 +120,10 @@ def host_batches(ds: grain.MapDataset, *, start: int = 0,
   it = ds[start:].to_iter_dataset(grain.ReadOptions(num_threads=READ_THREADS,
                                                     prefetch_buffer_size=READ_THREADS))
   if num_workers:
+    if not flags.FLAGS.is_parsed():
+      # grain 0.2.18 reads an absl flag when it starts workers, which fails outside an absl app
+      # (google/grain issue 1355); the flags' defaults are what we want then.
+      flags.FLAGS.mark_as_parsed()
     it = it.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=num_workers, per_worker_buffer_size=WORKER_BUFFER_BATCHES))
   return iter(it)

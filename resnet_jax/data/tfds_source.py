@@ -9,7 +9,7 @@ import dataclasses
 import tensorflow_datasets as tfds
 from tensorflow_datasets.proto import tf_example_pb2
 
-from resnet_jax.data.splits import Record, Split, check_split_names
+from resnet_jax.data.splits import Record, Split
 
 
 def _prepare_hint(name: str, data_dir: str) -> str:
@@ -23,7 +23,10 @@ def _prepare_hint(name: str, data_dir: str) -> str:
 
 
 def prepared_builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
-  """The builder of a dataset prepared as ArrayRecord in `data_dir`; a clear error otherwise."""
+  """The builder of a dataset prepared in `data_dir`; a clear error otherwise.
+
+  (tfds.data_source itself explains a dataset prepared as TFRecord, which has no random access.)
+  """
   shown_dir = data_dir or ('the default tfds data_dir ($TFDS_DATA_DIR or '
                            f'{tfds.core.constants.DATA_DIR})')
   try:
@@ -35,10 +38,6 @@ def prepared_builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
   if not builder.is_prepared():
     raise FileNotFoundError(f'tfds dataset {name!r} is not prepared in {shown_dir} '
                             f'(nothing at {builder.data_dir}). ' + _prepare_hint(name, data_dir))
-  if builder.info.file_format != tfds.core.FileFormat.ARRAY_RECORD:
-    raise ValueError(f'tfds dataset {name!r} in {builder.data_dir} is stored as '
-                     f'{builder.info.file_format.value}, which has no random access; rebuild it as '
-                     'ArrayRecord. ' + _prepare_hint(name, data_dir))
   return builder
 
 
@@ -65,7 +64,6 @@ def load_tfds_split(name: str, split: str, data_dir: str) -> Split:
   if not {'image', 'label'} <= set(features.keys()):
     raise ValueError(f'tfds dataset {name!r} has features {sorted(features.keys())}; an image '
                      "classification dataset needs 'image' and 'label'")
-  check_split_names(split.split('[')[0], list(builder.info.splits.keys()), f'tfds {name!r}')
   source = tfds.data_source(name, split=split, data_dir=data_dir or None, download=False,
                             deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
   channels = features['image'].shape[-1] or 3

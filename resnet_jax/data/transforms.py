@@ -66,15 +66,22 @@ def center_crop_box(width: int, height: int, *, size: int, resize: int = 0) -> B
   return left, upper, left + w, upper + h
 
 
-def crop_resize(image: Image.Image, box: Box, size: int, channels: int, key: str) -> np.ndarray:
-  """Decodes `image` (opened, not loaded) and resizes the `box` region to size x size."""
+def crop_resize(image: Image.Image, box: Box, size: int, channels: int, key: str,
+                flips: tuple[bool, bool] = (False, False)) -> np.ndarray:
+  """Decodes `image` (opened, not loaded), resizes the `box` region to size x size and applies
+  the (horizontal, vertical) `flips` (in PIL: a flipped numpy view would make batching slow)."""
   width, height = image.size
   shrink = max(1.0, min(box[2] - box[0], box[3] - box[1]) / size)
   pixels = load_pixels(image, channels, key,
                        draft_size=(math.ceil(width / shrink), math.ceil(height / shrink)))
   sx, sy = pixels.width / width, pixels.height / height   # < 1 when JPEG draft scaled down
   box = (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
-  return as_array(pixels.resize((size, size), Image.BILINEAR, box=box))
+  pixels = pixels.resize((size, size), Image.BILINEAR, box=box)
+  if flips[0]:
+    pixels = pixels.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+  if flips[1]:
+    pixels = pixels.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
+  return as_array(pixels)
 
 
 def pad_crop(image: np.ndarray, rng: np.random.Generator, *, size: int, pad: int) -> np.ndarray:
@@ -87,13 +94,17 @@ def pad_crop(image: np.ndarray, rng: np.random.Generator, *, size: int, pad: int
   return padded[y:y + size, x:x + size]
 
 
-def random_flips(image: np.ndarray, rng: np.random.Generator, *, hflip: bool,
-                 vflip: bool) -> np.ndarray:
-  if hflip and rng.random() < 0.5:
+def random_flips(rng: np.random.Generator, *, hflip: bool, vflip: bool) -> tuple[bool, bool]:
+  """Whether to flip horizontally and vertically, each with probability 1/2 where enabled."""
+  return bool(hflip and rng.random() < 0.5), bool(vflip and rng.random() < 0.5)
+
+
+def flip(image: np.ndarray, flips: tuple[bool, bool]) -> np.ndarray:
+  if flips[0]:
     image = image[:, ::-1]
-  if vflip and rng.random() < 0.5:
+  if flips[1]:
     image = image[::-1]
-  return image
+  return np.ascontiguousarray(image)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,14 +136,14 @@ class ImageTransform:
       return self.eval(data, key)
     if self.augment == 'cifar':
       image = pad_crop(decode_array(data, self.channels, key), rng, size=self.size, pad=self.pad)
+      return flip(image, random_flips(rng, hflip=self.hflip, vflip=self.vflip))
+    header = open_image(data, key)
+    if self.augment == 'imagenet_scale':
+      box = scale_augment_box(*header.size, rng, size=self.size, scale_range=self.scale_range)
     else:
-      header = open_image(data, key)
-      if self.augment == 'imagenet_scale':
-        box = scale_augment_box(*header.size, rng, size=self.size, scale_range=self.scale_range)
-      else:
-        box = inception_crop_box(*header.size, rng)
-      image = crop_resize(header, box, self.size, self.channels, key)
-    return random_flips(image, rng, hflip=self.hflip, vflip=self.vflip)
+      box = inception_crop_box(*header.size, rng)
+    return crop_resize(header, box, self.size, self.channels, key,
+                       random_flips(rng, hflip=self.hflip, vflip=self.vflip))
 
   def eval(self, data: bytes | np.ndarray, key: str) -> np.ndarray:
     header = open_image(data, key)

@@ -1,0 +1,134 @@
+"""Images/s of the ImageNet-style training pipeline: decode, scale augmentation, crop, flip.
+
+    python -m resnet_jax.data.benchmark [--folder DIR] [--generate N] [--workers K]
+        [--batch-size B] [--steps S] [--augment imagenet_scale|inception_crop]
+
+Reads a prepared dataset (DIR with dataset.json), or an image folder ROOT/train/<class>/ that it
+prepares first, or (no --folder) N generated JPEGs of ImageNet-like size (500x375, quality 90).
+Measures (1) one core: the per-example work in this thread, no grain; (2) the grain pipeline
+with K worker processes producing uint8 batches [B, 224, 224, 3], after warm-up batches. Prints
+a summary and one JSON line.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import grain
+import numpy as np
+import PIL
+from PIL import Image
+
+from resnet_jax.data import folder_format, grain_loader
+from resnet_jax.data.folder_source import load_folder_split
+from resnet_jax.data.prepare import prepare
+from resnet_jax.data.transforms import ImageTransform
+
+
+def generate_jpegs(root: Path, num_images: int, *, size: tuple[int, int] = (500, 375),
+                   quality: int = 90, num_classes: int = 10, seed: int = 0) -> Path:
+  """ROOT/train/class_k/*.jpg: smooth random scenes plus noise, so JPEG sizes are photo-like."""
+  rng = np.random.default_rng(seed)
+  for i in range(num_images):
+    directory = root / 'train' / f'class_{i % num_classes}'
+    directory.mkdir(parents=True, exist_ok=True)
+    coarse = rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)
+    scene = np.asarray(Image.fromarray(coarse).resize(size, Image.BICUBIC), np.float32)
+    noisy = np.clip(scene + rng.normal(0, 12, scene.shape), 0, 255).astype(np.uint8)
+    Image.fromarray(noisy).save(directory / f'{i:06d}.jpg', quality=quality)
+  return root
+
+
+def one_core_rate(load: grain_loader.LoadExample, num_examples: int) -> float:
+  """Examples/s of decode + augmentation in this thread (CPU time: one core's throughput)."""
+  rng = np.random.default_rng(0)
+  start = time.process_time()
+  for i in range(num_examples):
+    load(i % len(load.records), rng)
+  return num_examples / (time.process_time() - start)
+
+
+def pipeline_rate(load: grain_loader.LoadExample, *, workers: int, batch_size: int, steps: int,
+                  warmup: int) -> tuple[float, list[float]]:
+  """Images/s of the grain train pipeline (median of per-batch rates and the overall rate)."""
+  ds, _ = grain_loader.train_dataset(load, seed=0, batch_size=batch_size, process_index=0,
+                                     process_count=1)
+  it = grain_loader.host_batches(ds, num_workers=workers)
+  try:
+    for _ in range(warmup):
+      batch = next(it)
+    assert batch['image'].shape == (batch_size, load.transform.size, load.transform.size, 3)
+    times = [time.perf_counter()]
+    for _ in range(steps):
+      next(it)
+      times.append(time.perf_counter())
+  finally:
+    it.close()
+  rates = [batch_size / (b - a) for a, b in zip(times, times[1:])]
+  return batch_size * steps / (times[-1] - times[0]), rates
+
+
+def run(folder: str | None, *, generate: int, workers: int, batch_size: int, steps: int,
+        warmup: int, augment: str, image_size: int) -> dict:
+  with tempfile.TemporaryDirectory() as tmp:
+    if folder and (Path(folder) / folder_format.METADATA_FILE).is_file():
+      prepared = Path(folder)
+    else:
+      root = Path(folder) if folder else generate_jpegs(Path(tmp) / 'images', generate)
+      prepared = Path(tmp) / 'prepared'
+      prepare(root, prepared, val_fraction=0.0, workers=os.cpu_count() or 1)
+    split = load_folder_split('train', str(prepared))
+    transform = ImageTransform(augment=augment, size=image_size, channels=3)
+    load = grain_loader.LoadExample(split.records, transform, train=True, skip_bad_images=False)
+    sample = [split.records[i]['image'] for i in range(min(len(split), 200))]
+    sizes = [Image.open(__import__('io').BytesIO(b)).size for b in sample]
+    one_core = one_core_rate(load, min(len(split), 300))
+    rate, rates = pipeline_rate(load, workers=workers, batch_size=batch_size, steps=steps,
+                                warmup=warmup)
+  return {
+      'images_per_sec': rate,
+      'images_per_sec_median_batch': statistics.median(rates),
+      'images_per_sec_one_core': one_core,
+      'workers': workers, 'batch_size': batch_size, 'steps': steps, 'augment': augment,
+      'image_size': image_size, 'num_images': len(split),
+      'mean_source_size': [round(float(np.mean([s[0] for s in sizes]))),
+                           round(float(np.mean([s[1] for s in sizes])))],
+      'mean_file_kb': float(np.mean([len(b) for b in sample]) / 1024),
+      'cpu_count': os.cpu_count(), 'cpu': platform.processor() or platform.machine(),
+      'python': platform.python_version(), 'pillow': PIL.__version__,
+      'grain': getattr(grain, '__version__', 'unknown'),
+  }
+
+
+def main(argv: list[str] | None = None) -> None:
+  p = argparse.ArgumentParser(prog='python -m resnet_jax.data.benchmark', description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument('--folder', help='prepared dataset DIR, or image folder ROOT to prepare first')
+  p.add_argument('--generate', type=int, default=512, help='JPEGs to generate without --folder')
+  p.add_argument('--workers', type=int, default=1, help='grain worker processes (0: in-process)')
+  p.add_argument('--batch-size', type=int, default=64)
+  p.add_argument('--steps', type=int, default=20, help='timed batches')
+  p.add_argument('--warmup', type=int, default=3, help='untimed batches (worker start-up)')
+  p.add_argument('--augment', default='imagenet_scale', choices=('imagenet_scale',
+                                                                  'inception_crop'))
+  p.add_argument('--image-size', type=int, default=224)
+  args = p.parse_args(argv)
+  r = run(args.folder, generate=args.generate, workers=args.workers, batch_size=args.batch_size,
+          steps=args.steps, warmup=args.warmup, augment=args.augment, image_size=args.image_size)
+  print(f"{r['augment']} -> uint8 {r['image_size']}x{r['image_size']}, batch {r['batch_size']}, "
+        f"{r['num_images']} JPEGs of about {r['mean_source_size'][0]}x{r['mean_source_size'][1]} "
+        f"({r['mean_file_kb']:.0f} KiB)\n"
+        f"  one core (this thread, no grain): {r['images_per_sec_one_core']:,.0f} images/s\n"
+        f"  grain, {r['workers']} worker(s): {r['images_per_sec']:,.0f} images/s "
+        f"(median batch {r['images_per_sec_median_batch']:,.0f}) on {r['cpu_count']} CPUs\n"
+        f"  python {r['python']}, pillow {r['pillow']}, grain {r['grain']}")
+  print(json.dumps(r))
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,207 @@
+"""Decoding of every image mode, the crop plans, crop-then-resize, CIFAR pad-crop, device_ops."""
+
+import io
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from resnet_jax.config_base import base_config
+from resnet_jax.data import device_ops, transforms
+from resnet_jax.data.decode import BadImageError, decode_array, load_pixels, open_image
+
+
+def encode(image: Image.Image, fmt: str, **kw) -> bytes:
+  buffer = io.BytesIO()
+  image.save(buffer, format=fmt, **kw)
+  return buffer.getvalue()
+
+
+def rgb_image(w=40, h=30, seed=0) -> np.ndarray:
+  return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize('mode, fmt', [('L', 'PNG'), ('1', 'PNG'), ('CMYK', 'JPEG'),
+                                       ('RGBA', 'PNG'), ('LA', 'PNG'), ('RGB', 'JPEG'),
+                                       ('RGB', 'BMP'), ('RGB', 'GIF'), ('RGB', 'TIFF')])
+def test_every_mode_decodes_to_rgb_and_grey(mode, fmt):
+  data = encode(Image.fromarray(rgb_image()).convert(mode), fmt)
+  rgb = decode_array(data, 3, 'f')
+  grey = decode_array(data, 1, 'f')
+  assert rgb.shape == (30, 40, 3) and rgb.dtype == np.uint8
+  assert grey.shape == (30, 40, 1) and grey.dtype == np.uint8
+
+
+def test_palette_with_transparency_keeps_its_colours():
+  palette_image = Image.new('P', (4, 2))
+  palette_image.putpalette([255, 0, 0, 0, 0, 255] + [0] * 762)
+  palette_image.putdata([0, 1, 0, 1, 1, 0, 1, 0])
+  data = encode(palette_image, 'PNG', transparency=1)
+  rgb = decode_array(data, 3, 'f')
+  np.testing.assert_array_equal(rgb[0, 0], [255, 0, 0])
+  np.testing.assert_array_equal(rgb[0, 1], [0, 0, 255])
+
+
+def test_sixteen_bit_grey_is_rescaled_not_clipped():
+  values = np.array([[0, 256, 32768, 65535]], np.uint16)
+  data = encode(Image.fromarray(values), 'PNG')
+  np.testing.assert_array_equal(decode_array(data, 1, 'f')[0, :, 0], [0, 1, 128, 255])
+
+
+def test_grey_and_rgb_arrays_pass_through():
+  grey = np.arange(16, dtype=np.uint8).reshape(4, 4, 1)
+  assert decode_array(grey, 1, 'k') is grey
+  np.testing.assert_array_equal(decode_array(grey, 3, 'k'), np.repeat(grey, 3, -1))
+
+
+def test_corrupt_and_truncated_files_name_the_record():
+  with pytest.raises(BadImageError, match='broken.jpg'):
+    open_image(b'not an image at all', 'broken.jpg')
+  jpeg = encode(Image.fromarray(rgb_image(200, 150)), 'JPEG')
+  header = open_image(jpeg[:len(jpeg) // 2], 'half.jpg')   # the header is intact
+  with pytest.raises(BadImageError, match='half.jpg.*cannot decode'):
+    load_pixels(header, 3, 'half.jpg')
+
+
+def test_scale_augment_box_matches_the_paper():
+  rng = np.random.default_rng(0)
+  for _ in range(200):
+    left, upper, right, lower = transforms.scale_augment_box(500, 375, rng, size=224,
+                                                             scale_range=(256, 480))
+    side = right - left
+    assert lower - upper == pytest.approx(side)
+    assert 0 <= left and right <= 500 and 0 <= upper and lower <= 375
+    shorter = 224 * 375 / side   # the shorter side this crop corresponds to
+    assert 256 - 1e-6 <= shorter <= 480 + 1e-6
+
+
+def test_inception_crop_box_area_and_ratio():
+  rng = np.random.default_rng(0)
+  for _ in range(200):
+    left, upper, right, lower = transforms.inception_crop_box(500, 375, rng)
+    w, h = right - left, lower - upper
+    assert 0 <= left and right <= 500 and 0 <= upper and lower <= 375
+    assert 0.07 * 500 * 375 <= w * h <= 500 * 375
+    assert 3 / 4 - 0.05 <= w / h <= 4 / 3 + 0.05
+
+
+def test_inception_crop_falls_back_to_a_centre_crop():
+  rng = np.random.default_rng(0)
+  box = transforms.inception_crop_box(1000, 10, rng, area_range=(0.99, 1.0))
+  assert box == (493.5, 0, 506.5, 10)   # a 13x10 box: the widest allowed ratio, 4/3
+
+
+def test_center_crop_box():
+  assert transforms.center_crop_box(500, 400, size=224, resize=256) == pytest.approx(
+      (250 - 175, 200 - 175, 250 + 175, 200 + 175))
+  assert transforms.center_crop_box(32, 32, size=32) == (0, 0, 32, 32)
+  assert transforms.center_crop_box(40, 30, size=16) == (12, 7, 28, 23)   # plain crop
+  assert transforms.center_crop_box(10, 20, size=16) == (0, 5, 10, 15)   # scaled up to 16
+
+
+def test_crop_then_resize_equals_resize_then_crop():
+  image = Image.fromarray(rgb_image(300, 200)).resize((300, 200), Image.BICUBIC)
+  smooth = image.filter(__import__('PIL.ImageFilter').ImageFilter.GaussianBlur(3))
+  data = encode(smooth, 'PNG')
+  ours = transforms.crop_resize(open_image(data, 'k'),
+                                transforms.center_crop_box(300, 200, size=100, resize=150),
+                                100, 3, 'k')
+  resized = np.asarray(smooth.resize((225, 150), Image.BILINEAR))
+  reference = resized[25:125, 62:162]
+  assert ours.shape == (100, 100, 3)
+  assert np.abs(ours.astype(int) - reference).mean() < 3
+
+
+def test_large_jpeg_is_drafted_and_matches_the_full_decode():
+  big = Image.fromarray(rgb_image(64, 48)).resize((1600, 1200), Image.BICUBIC)
+  data = encode(big, 'JPEG', quality=95)
+  header = open_image(data, 'big.jpg')
+  box = (200.0, 100.0, 1400.0, 1100.0)   # 1200x1000 -> 100x100: decoded at 1/8 scale
+  drafted = transforms.crop_resize(header, box, 100, 3, 'big.jpg')
+  full = np.asarray(big.resize((100, 100), Image.BILINEAR, box=box))
+  assert header.size == (200, 150)   # decoded at 1/8 of 1600x1200
+  assert drafted.shape == (100, 100, 3)
+  assert np.abs(drafted.astype(int) - full).mean() < 4
+
+
+def test_pad_crop_shifts_content_and_pads_with_zeros():
+  image = np.full((8, 8, 1), 200, np.uint8)
+  rng = np.random.default_rng(1)
+  crops = [transforms.pad_crop(image, rng, size=8, pad=2) for _ in range(50)]
+  assert all(c.shape == (8, 8, 1) for c in crops)
+  zeros = [int((c == 0).sum()) for c in crops]
+  assert max(zeros) > 0 and len(set(zeros)) > 1
+  for c in crops:   # a zero border and a 200 block: a shifted copy of the image
+    rows, cols = np.nonzero(c[..., 0])
+    assert (c[rows.min():rows.max() + 1, cols.min():cols.max() + 1] == 200).all()
+
+
+@pytest.mark.parametrize('augment', transforms.AUGMENTS)
+def test_image_transform_outputs(augment):
+  t = transforms.ImageTransform(augment=augment, size=16, channels=3, eval_resize=18,
+                                scale_range=(18, 30), pad=2, vflip=True)
+  data = encode(Image.fromarray(rgb_image(40, 30)), 'JPEG')
+  rng = np.random.default_rng(0)
+  for image in (t.train(data, 'k', rng), t.eval(data, 'k')):
+    assert image.shape == (16, 16, 3) and image.dtype == np.uint8 and image.flags.c_contiguous
+  if augment in ('cifar', 'none'):
+    return
+  flips = [t.train(data, 'k', np.random.default_rng(s)) for s in range(8)]
+  assert len({f.tobytes() for f in flips}) > 1
+
+
+def test_bad_augment_and_eval_resize_are_refused():
+  with pytest.raises(ValueError, match='augment'):
+    transforms.ImageTransform(augment='random', size=16, channels=3)
+  with pytest.raises(ValueError, match='eval_resize'):
+    transforms.ImageTransform(augment='none', size=16, channels=3, eval_resize=8)
+
+
+def data_config(**kw):
+  d = base_config().data
+  d.update(kw)
+  return d
+
+
+def test_prepare_images_normalises_per_channel():
+  images = jnp.full((2, 4, 4, 3), 255, jnp.uint8)
+  out = device_ops.prepare_images(images, None, train=False, dtype=jnp.float32,
+                                  data_config=data_config(mean=(0.5, 0.0, 1.0),
+                                                          std=(0.5, 1.0, 2.0)))
+  np.testing.assert_allclose(out[0, 0, 0], [1.0, 1.0, 0.0])
+  plain = device_ops.prepare_images(images // 2, None, train=False, dtype=jnp.bfloat16,
+                                    data_config=data_config(mean=(), std=()))
+  assert plain.dtype == jnp.bfloat16 and float(plain.max()) == pytest.approx(127 / 255, 1e-2)
+  single = device_ops.prepare_images(images, None, train=False, dtype=jnp.float32,
+                                     data_config=data_config(mean=(0.5,), std=(0.25,)))
+  np.testing.assert_allclose(single, 2.0)
+
+
+def test_pca_lighting_adds_one_colour_shift_per_image():
+  images = jnp.full((4, 3, 3, 3), 128, jnp.uint8)
+  d = data_config(mean=(), std=(), pca_lighting=0.1)
+  rng = jax.random.key(0)
+  out = device_ops.prepare_images(images, rng, train=True, data_config=d, dtype=jnp.float32)
+  shift = np.asarray(out) - 128 / 255
+  assert np.abs(shift).max() > 1e-4
+  np.testing.assert_allclose(shift, shift[:, :1, :1, :] * np.ones_like(shift), atol=1e-6)
+  assert not np.allclose(shift[0, 0, 0], shift[1, 0, 0])
+  eval_out = device_ops.prepare_images(images, None, train=False, data_config=d,
+                                       dtype=jnp.float32)
+  np.testing.assert_allclose(eval_out, 128 / 255, rtol=1e-6)
+  # The shift lies in the span of the eigenvectors weighted by the eigenvalues (mostly the first).
+  big = device_ops.pca_lighting(jnp.zeros((2000, 1, 1, 3)), rng, 1.0)[:, 0, 0]
+  first = np.asarray(device_ops.IMAGENET_PCA_EIGVEC)[:, 0]
+  assert abs(float(np.corrcoef(np.asarray(big) @ first, np.asarray(big)[:, 0])[0, 1])) > 0.9
+
+
+def test_prepare_images_refuses_bad_settings():
+  with pytest.raises(ValueError, match='mean'):
+    device_ops.prepare_images(jnp.zeros((1, 2, 2, 3), jnp.uint8), None, train=False,
+                              dtype=jnp.float32, data_config=data_config(mean=(0.1, 0.2)))
+  with pytest.raises(ValueError, match='RGB'):
+    device_ops.prepare_images(jnp.zeros((1, 2, 2, 1), jnp.uint8), jax.random.key(0),
+                              train=True, dtype=jnp.float32,
+                              data_config=data_config(pca_lighting=0.1))
