@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from resnet_jax.config_base import base_config
 from resnet_jax.data import device_ops, transforms
@@ -103,7 +103,7 @@ def test_center_crop_box():
 
 def test_crop_then_resize_equals_resize_then_crop():
   image = Image.fromarray(rgb_image(300, 200)).resize((300, 200), Image.BICUBIC)
-  smooth = image.filter(__import__('PIL.ImageFilter').ImageFilter.GaussianBlur(3))
+  smooth = image.filter(ImageFilter.GaussianBlur(3))
   data = encode(smooth, 'PNG')
   ours = transforms.crop_resize(open_image(data, 'k'),
                                 transforms.center_crop_box(300, 200, size=100, resize=150),

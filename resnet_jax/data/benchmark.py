@@ -11,6 +11,7 @@ a summary and one JSON line.
 """
 
 import argparse
+import io
 import json
 import os
 import platform
@@ -86,8 +87,8 @@ def run(folder: str | None, *, generate: int, workers: int, batch_size: int, ste
     transform = ImageTransform(augment=augment, size=image_size, channels=3)
     load = grain_loader.LoadExample(split.records, transform, train=True, skip_bad_images=False)
     sample = [split.records[i]['image'] for i in range(min(len(split), 200))]
-    sizes = [Image.open(__import__('io').BytesIO(b)).size for b in sample]
-    one_core = one_core_rate(load, min(len(split), 300))
+    sizes = [Image.open(io.BytesIO(b)).size for b in sample]
+    one_core = one_core_rate(load, min(len(split), 500))
     rate, rates = pipeline_rate(load, workers=workers, batch_size=batch_size, steps=steps,
                                 warmup=warmup)
   return {

@@ -16,6 +16,9 @@ from resnet_jax.data.decode import as_array, decode_array, load_pixels, open_ima
 
 AUGMENTS = ('imagenet_scale', 'inception_crop', 'cifar', 'none')
 Box = tuple[float, float, float, float]   # (left, upper, right, lower) in source pixels
+# Large reductions (e.g. of big PNGs) first average whole pixel blocks, then resample the rest:
+# much faster, and PIL documents the result as indistinguishable at a gap of 3.
+_REDUCING_GAP = 3.0
 
 
 def scale_augment_box(width: int, height: int, rng: np.random.Generator, *, size: int,
@@ -76,7 +79,7 @@ def crop_resize(image: Image.Image, box: Box, size: int, channels: int, key: str
                        draft_size=(math.ceil(width / shrink), math.ceil(height / shrink)))
   sx, sy = pixels.width / width, pixels.height / height   # < 1 when JPEG draft scaled down
   box = (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
-  pixels = pixels.resize((size, size), Image.BILINEAR, box=box)
+  pixels = pixels.resize((size, size), Image.BILINEAR, box=box, reducing_gap=_REDUCING_GAP)
   if flips[0]:
     pixels = pixels.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
   if flips[1]:

@@ -1,0 +1,16 @@
+"""The loader benchmark CLI runs end to end on a few generated JPEGs and prints its JSON line."""
+
+import json
+
+from resnet_jax.data import benchmark
+
+
+def test_benchmark_cli_on_generated_jpegs(capsys):
+  benchmark.main(['--generate', '8', '--workers', '0', '--batch-size', '4', '--steps', '2',
+                  '--warmup', '1', '--image-size', '32', '--augment', 'inception_crop'])
+  lines = capsys.readouterr().out.strip().splitlines()
+  result = json.loads(lines[-1])
+  assert result['images_per_sec'] > 0 and result['images_per_sec_one_core'] > 0
+  assert result['num_images'] == 8 and result['mean_source_size'] == [500, 375]
+  assert result['augment'] == 'inception_crop' and result['workers'] == 0
+  assert 'images/s' in lines[0] + lines[1]
