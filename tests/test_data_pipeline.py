@@ -185,10 +185,11 @@ def test_tfds_source_through_create_input(tmp_path, devices):
   assert train.info.class_names == ('cat', 'dog', 'fox') and train.steps_per_epoch == 1
   assert next(iter(train))['image'].shape == (8, 16, 16, 3)
   assert sum(int(b['mask'].sum()) for b in create_input(c, mesh, train=False)) == 5
-  with mock_tfds(num_examples=20):
+  with mock_tfds(num_examples=20):   # an eval pass ends in the context: no reads after it
     c.data.update(name='mnist', data_dir='', image_size=28)
-    batch = next(iter(create_input(c, mesh, train=True)))
-    assert batch['image'].shape == (8, 28, 28, 1)
+    batches = list(create_input(c, mesh, train=False))
+  assert [b['image'].shape for b in batches] == [(16, 28, 28, 1)] * 2
+  assert sum(int(b['mask'].sum()) for b in batches) == 20
 
 
 def test_workers_give_the_same_batches(folder, devices):

@@ -31,7 +31,10 @@ def _put(q: queue.Queue, item, stop: threading.Event) -> bool:
 
 
 def prefetch(items: Iterator[T], size: int) -> Iterator[T]:
-  """Iterates `items` in a background thread, up to `size` ahead; its errors are raised here."""
+  """Iterates `items` in a background thread, up to `size` ahead; its errors are raised here.
+
+  Closing this iterator stops the thread and waits for it, so `items` is closed by then.
+  """
   if size <= 0:
     yield from items
     return
@@ -47,7 +50,8 @@ def prefetch(items: Iterator[T], size: int) -> Iterator[T]:
     except BaseException as e:  # handed to the consumer, which re-raises it
       _put(q, (None, e), stop)
 
-  threading.Thread(target=produce, name='data-prefetch', daemon=True).start()
+  thread = threading.Thread(target=produce, name='data-prefetch', daemon=True)
+  thread.start()
   try:
     while True:
       item, error = q.get()
@@ -58,3 +62,4 @@ def prefetch(items: Iterator[T], size: int) -> Iterator[T]:
       yield item
   finally:
     stop.set()
+    thread.join()   # the producer finishes its item and closes `items` (grain's workers) first
