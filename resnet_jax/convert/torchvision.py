@@ -48,7 +48,7 @@ def torch_to_flax_name(key: str) -> tuple[str, tuple[str, ...]] | None:
               .get('.'.join(path)))
     if module is None:
       raise KeyError(f'unexpected tensor {key!r} in a torchvision ResNet state dict')
-  if module[-1].startswith('bn'):
+  if module[-1].startswith('bn') or module[-1].endswith('bn'):
     collection, name = _BN[leaf]
     return collection, module + (name,)
   return 'params', module + ({'weight': 'kernel', 'bias': 'bias'}[leaf],)
