@@ -20,6 +20,7 @@ def get_config(arg: str | None = None):
   c = base_config()
   c.data.source = 'folder'
   c.data.data_dir = ''   # set with --config.data.data_dir: the output of data.prepare
+  c.data.eval_split = 'val'   # prepare names its held-out split 'val'
   c.data.augment = 'inception_crop'
   c.data.hflip = True
   c.data.vflip = True

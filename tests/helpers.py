@@ -1,7 +1,6 @@
 """Small builders shared by the tests: configs, generated datasets, metrics readers."""
 
 import gzip
-import json
 import struct
 from pathlib import Path
 
@@ -43,7 +42,3 @@ def write_idx_dataset(directory: Path, num_train: int, num_test: int, seed: int 
     write_idx(directory / f'{prefix}-labels-idx1-ubyte.gz', rng.integers(0, 10, (n,)))
   return directory
 
-
-def read_metrics(workdir: Path) -> list[dict]:
-  lines = (Path(workdir) / 'metrics.jsonl').read_text().splitlines()
-  return [json.loads(l) for l in lines if l.strip()]

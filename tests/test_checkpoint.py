@@ -16,7 +16,8 @@ import pytest
 from resnet_jax import parallel
 from resnet_jax.checkpoint import Checkpointer, CheckpointMismatchError
 from resnet_jax.train.loop import Trainer, train_and_evaluate
-from tests.helpers import fake_config, read_metrics, write_idx_dataset
+from resnet_jax.writers import read_metrics
+from tests.helpers import fake_config, write_idx_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 

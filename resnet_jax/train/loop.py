@@ -183,7 +183,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
       state, metrics = trainer.train_step(state, next(batches))
       step += 1
       pending.append((step, metrics))
-      profiler.after_step(step)
+      profiler.after_step(step, state)
       preempted = preemption.reached(step)
       if step % config.log_every_steps == 0 or step == total or preempted:
         scalars = _fetch_train_metrics(pending)
@@ -192,7 +192,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         scalars.update(images_per_sec=config.batch_size / dt, step_time_ms=1000 * dt)
         last_log_time, last_log_step, pending = now, step, []
         writer.write_scalars(step, scalars, epoch=step / trainer.steps_per_epoch)
-        progress.update(step, scalars)
+        progress.update(step, scalars, epoch=step / trainer.steps_per_epoch)
       evaluated = False
       if _is_boundary(step, config.eval_every_steps, trainer.steps_per_epoch, total):
         eval_metrics = trainer.evaluate(state, eval_input)
