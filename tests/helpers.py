@@ -33,12 +33,20 @@ def write_idx(path: Path, array: np.ndarray) -> None:
     f.write(header + array.astype(np.uint8).tobytes())
 
 
-def write_idx_dataset(directory: Path, num_train: int, num_test: int, seed: int = 0) -> Path:
-  """A Fashion-MNIST-shaped dataset (28x28 grey images, 10 classes) of random content."""
+def write_idx_dataset(directory: Path, num_train: int, num_test: int, seed: int = 0,
+                      learnable: bool = False) -> Path:
+  """A Fashion-MNIST-shaped dataset (28x28 grey images, 10 classes) of random content.
+
+  `learnable`: the brightness of an image grows with its label, so a net can learn the labels.
+  """
   directory.mkdir(parents=True, exist_ok=True)
   rng = np.random.default_rng(seed)
   for prefix, n in (('train', num_train), ('t10k', num_test)):
-    write_idx(directory / f'{prefix}-images-idx3-ubyte.gz', rng.integers(0, 256, (n, 28, 28)))
-    write_idx(directory / f'{prefix}-labels-idx1-ubyte.gz', rng.integers(0, 10, (n,)))
+    labels = rng.integers(0, 10, (n,))
+    images = rng.integers(0, 256, (n, 28, 28))
+    if learnable:
+      images = images // 4 + 20 * labels[:, None, None]
+    write_idx(directory / f'{prefix}-images-idx3-ubyte.gz', images)
+    write_idx(directory / f'{prefix}-labels-idx1-ubyte.gz', labels)
   return directory
 
