@@ -15,7 +15,7 @@ from resnet_jax.data import create_input, folder_format, grain_loader, prepare
 from resnet_jax.data.device_resident import pad_crop_flip
 from resnet_jax.data.transforms import ImageTransform
 from tests.helpers import fake_config, write_idx, write_idx_dataset
-from tests.test_data_builders import (decode_index, folder_config, index_split, mock_tfds,
+from tests.data_builders import (decode_index, folder_config, index_split, mock_tfds,
                                       write_image_folder, write_tiny_tfds)
 
 

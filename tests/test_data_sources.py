@@ -17,7 +17,7 @@ from resnet_jax.data.idx_source import FASHION_MNIST_CLASSES, load_idx_split, re
 from resnet_jax.data.sources import load_split
 from resnet_jax.data.tfds_source import load_tfds_split
 from tests.helpers import write_idx_dataset
-from tests.test_data_builders import folder_config, mock_tfds, write_image_folder, write_tiny_tfds
+from tests.data_builders import folder_config, mock_tfds, write_image_folder, write_tiny_tfds
 
 REAL_FASHION_MNIST = Path('/usr/share/datasets/fashion-mnist')
 
