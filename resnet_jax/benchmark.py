@@ -16,7 +16,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from resnet_jax import parallel
+from resnet_jax import parallel, profiling
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (path[:variant]).',
                                           lock_config=True)
@@ -26,6 +26,9 @@ _WARMUP = flags.DEFINE_integer('warmup', 10, 'Untimed steps after the first (com
 _WINDOWS = flags.DEFINE_integer('windows', 5, 'Timed windows; the median is reported.')
 _STEPS = flags.DEFINE_integer('steps', 20, 'Steps per timed window.')
 _NUM_CLASSES = flags.DEFINE_integer('num_classes', 1000, 'Classes of the synthetic data.')
+_PROFILE_DIR = flags.DEFINE_string(
+    'profile_dir', '', 'After timing, trace one window of steps into this directory and print '
+    'where the device time goes (GPU kernels by category).')
 flags.mark_flags_as_required(['config'])
 
 
@@ -52,7 +55,7 @@ def versions() -> dict[str, str]:
 
 
 def run_benchmark(config, *, pipeline: bool, num_devices: int, warmup: int, windows: int,
-                  steps: int, num_classes: int) -> dict:
+                  steps: int, num_classes: int, profile_dir: str = '') -> dict:
   """Compiles, warms up and times the train step; returns the figures."""
   from resnet_jax import data
   from resnet_jax.train.loop import Trainer
@@ -89,6 +92,12 @@ def run_benchmark(config, *, pipeline: bool, num_devices: int, warmup: int, wind
     step_times.append((time.perf_counter() - t) / steps)
   step_s = statistics.median(step_times)
   peak = peak_memory_bytes()
+  if profile_dir:
+    with jax.profiler.trace(profile_dir):
+      for _ in range(steps):
+        state, metrics = trainer.train_step(state, next(batches))
+      jax.block_until_ready(metrics)
+    print(profiling.kernel_breakdown(profile_dir, steps, 1000 * step_s), flush=True)
   return {
       'model': config.model.name,
       'dtype': config.dtype,
@@ -111,7 +120,7 @@ def main(argv):
   del argv
   r = run_benchmark(_CONFIG.value, pipeline=_PIPELINE.value, num_devices=_DEVICES.value,
                     warmup=_WARMUP.value, windows=_WINDOWS.value, steps=_STEPS.value,
-                    num_classes=_NUM_CLASSES.value)
+                    num_classes=_NUM_CLASSES.value, profile_dir=_PROFILE_DIR.value)
   mem = 'n/a' if r['peak_memory_gib'] is None else f"{r['peak_memory_gib']:.2f} GiB"
   print(f"{r['model']} {r['dtype']} batch {r['global_batch']} on {r['devices']} x "
         f"{r['device_kind']} ({'input pipeline' if r['pipeline'] else 'synthetic data'})\n"

@@ -68,3 +68,70 @@ class StepProfiler:
     jax.profiler.stop_trace()
     self.active, self.done = False, True
     logging.info('profiler: trace written to %s', self.logdir)
+
+
+# Kernel categories, first match wins: (category, substrings of the kernel or HLO op name).
+_CATEGORIES = (
+    ('conv weight-grad', ('wgrad',)),
+    ('conv data-grad', ('dgrad',)),
+    ('conv forward', ('fprop', 'conv')),
+    ('max-pool', ('select_and_scatter', 'select-and-scatter', 'reduce_window', 'reduce-window')),
+    ('matmul', ('gemm', 'cublas', 'cutlass', 'dot')),
+    ('reduction fusions (BN statistics)', ('reduce', 'reduction')),
+    ('copies and transposes', ('copy', 'transpose', 'memcpy', 'memset')),
+    ('elementwise fusions', ('fusion', 'triton')),
+)
+
+
+def kernel_category(kernel: str, hlo_op: str = '') -> str:
+  """The category of a GPU kernel from its name and the HLO op that launched it."""
+  names = f'{kernel} {hlo_op}'.lower()
+  for category, keys in _CATEGORIES:
+    if any(k in names for k in keys):
+      return category
+  return 'other'
+
+
+def device_kernel_times(logdir: str | Path) -> dict[tuple[str, str], list[int]]:
+  """{(kernel name, HLO op): [total ns, launches]} over the GPU streams of the newest trace."""
+  from jax.profiler import ProfileData
+  traces = sorted(Path(logdir).glob('**/*.xplane.pb'), key=lambda p: p.stat().st_mtime)
+  if not traces:
+    raise FileNotFoundError(f'no *.xplane.pb trace under {logdir}')
+  times: dict[tuple[str, str], list[int]] = {}
+  for plane in ProfileData.from_file(str(traces[-1])).planes:
+    if not plane.name.startswith('/device:GPU'):
+      continue
+    for line in plane.lines:
+      if not line.name.startswith('Stream'):
+        continue
+      for event in line.events:
+        hlo_op = next((str(v) for k, v in event.stats if k == 'hlo_op'), '')
+        entry = times.setdefault((event.name, hlo_op), [0, 0])
+        entry[0] += int(event.duration_ns)
+        entry[1] += 1
+  return times
+
+
+def kernel_breakdown(logdir: str | Path, num_steps: int, step_ms: float, top: int = 25) -> str:
+  """A text table of device time per step: by category, then the `top` kernels by time."""
+  times = device_kernel_times(logdir)
+  if not times:
+    return 'no GPU kernels in the trace (the breakdown needs a GPU)'
+  by_category: dict[str, float] = {}
+  by_kernel: dict[str, list[float]] = {}
+  for (kernel, hlo_op), (ns, count) in times.items():
+    category = kernel_category(kernel, hlo_op)
+    by_category[category] = by_category.get(category, 0.0) + ns / 1e6 / num_steps
+    entry = by_kernel.setdefault(f'[{category}] {kernel[:90]}', [0.0, 0.0])
+    entry[0] += ns / 1e6 / num_steps
+    entry[1] += count / num_steps
+  busy = sum(by_category.values())
+  lines = [f'device busy {busy:.2f} ms of a {step_ms:.2f} ms step '
+           f'({100 * busy / step_ms:.0f}%), per step:']
+  for category, ms in sorted(by_category.items(), key=lambda kv: -kv[1]):
+    lines.append(f'  {ms:8.2f} ms  {100 * ms / busy:5.1f}%  {category}')
+  lines.append(f'top {top} kernels (ms per step, launches per step):')
+  for name, (ms, count) in sorted(by_kernel.items(), key=lambda kv: -kv[1][0])[:top]:
+    lines.append(f'  {ms:8.3f} ms  {count:5.0f}x  {name}')
+  return '\n'.join(lines)

@@ -1,0 +1,120 @@
+"""The performance levers of docs/benchmarks.md, measured one at a time against a baseline.
+
+    python benchmarks/levers.py --out DIR [--only rn50_base,rn50_b512]
+
+Each case runs `resnet_jax.benchmark` in its own process: the same step with one thing changed
+(a batch size, an XLA flag, or an experimental patch applied only in that process). The baseline
+cases also print a profile: where the device time of a step goes, by kernel category.
+Every case's log and JSON land under --out; a Markdown table is printed last.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+RN50 = ['--config=configs/imagenet.py:resnet50,modern', '--config.batch_size=256']
+C56 = ['--config=configs/cifar10.py:resnet56', '--config.dtype=bfloat16',
+       '--config.label_smoothing=0.1', '--num_classes=10', '--config.batch_size=128',
+       '--steps=100']
+
+# name: (benchmark arguments, extra XLA flags, patch)
+CASES = {
+    'rn50_base': (RN50 + ['--profile_dir={out}/prof_rn50'], '', ''),
+    'rn50_b512': (RN50 + ['--config.batch_size=512'], '', ''),
+    'rn50_b1024': (RN50 + ['--config.batch_size=1024', '--steps=10'], '', ''),
+    'rn50_no_nan_guard': (RN50, '', 'no_nan_guard'),
+    'rn50_pool_slices': (RN50, '', 'pool_slices'),
+    'rn50_latency_sched': (RN50, '--xla_gpu_enable_latency_hiding_scheduler=true', ''),
+    'rn50_no_cmd_buffer': (RN50, '--xla_gpu_enable_command_buffer=', ''),
+    'c56_base': (C56 + ['--profile_dir={out}/prof_c56'], '', ''),
+    'c56_no_nan_guard': (C56, '', 'no_nan_guard'),
+    'c56_no_cmd_buffer': (C56, '--xla_gpu_enable_command_buffer=', ''),
+    'c56_graph_min1': (C56, '--xla_gpu_graph_min_graph_size=1', ''),
+}
+
+
+def max_pool_by_slices(x, window_shape, strides, padding):
+  """3x3/2 max-pool as the max of 9 strided slices (no reduce-window, no select-and-scatter)."""
+  import jax.numpy as jnp
+  (kh, kw), (sh, sw) = window_shape, strides
+  x = jnp.pad(x, ((0, 0), *padding, (0, 0)), constant_values=-jnp.inf)
+  h = (x.shape[1] - kh) // sh + 1
+  w = (x.shape[2] - kw) // sw + 1
+  out = None
+  for dy in range(kh):
+    for dx in range(kw):
+      s = x[:, dy:dy + sh * (h - 1) + 1:sh, dx:dx + sw * (w - 1) + 1:sw, :]
+      out = s if out is None else jnp.maximum(out, s)
+  return out
+
+
+def apply_patch(name: str) -> None:
+  """Changes the package in this process only, for one experimental case."""
+  if name == 'pool_slices':
+    import flax.linen as nn
+    nn.max_pool = max_pool_by_slices
+  elif name == 'no_nan_guard':
+    import jax.numpy as jnp
+
+    from resnet_jax.train import steps
+
+    class FiniteJnp:   # jax.numpy, except that every loss counts as finite
+      isfinite = staticmethod(lambda x: jnp.bool_(True))
+
+      def __getattr__(self, attr):
+        return getattr(jnp, attr)
+    steps.jnp = FiniteJnp()
+  elif name:
+    raise ValueError(f'unknown patch {name!r}')
+
+
+def run_case(name: str, out: Path) -> dict | None:
+  args, xla_flags, patch = CASES[name]
+  env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {xla_flags}".strip())
+  cmd = [sys.executable, __file__, '--patch', patch, '--'] + [a.format(out=out) for a in args]
+  proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+  (out / f'{name}.log').write_text(proc.stdout + '\n' + proc.stderr)
+  lines = [l for l in proc.stdout.splitlines() if l.startswith('{')]
+  if proc.returncode or not lines:
+    print(f'{name}: failed (exit {proc.returncode}); see {out / name}.log', flush=True)
+    return None
+  print(proc.stdout, flush=True)
+  return json.loads(lines[-1])
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument('--out', type=Path)
+  p.add_argument('--only', default='')
+  p.add_argument('--patch', default=None, help=argparse.SUPPRESS)
+  a, rest = p.parse_known_args()
+  if a.patch is not None:   # a child process: patch, then run the benchmark with the rest
+    apply_patch(a.patch)
+    from absl import app
+
+    from resnet_jax import benchmark
+    app.run(benchmark.main, argv=[sys.argv[0]] + [r for r in rest if r != '--'])
+    return
+  if a.out is None:
+    p.error('--out is required')
+  a.out.mkdir(parents=True, exist_ok=True)
+  names = a.only.split(',') if a.only else list(CASES)
+  unknown = set(names) - set(CASES)
+  if unknown:
+    p.error(f'unknown cases {sorted(unknown)}; valid: {list(CASES)}')
+  rows = ['| case | images/s | step ms | compile s | peak GiB |', '|---|---:|---:|---:|---:|']
+  for name in names:
+    r = run_case(name, a.out)
+    if r:
+      (a.out / f'{name}.json').write_text(json.dumps(r, indent=1))
+      rows.append(f"| {name} | {r['images_per_sec']:,.0f} | {r['step_ms']:.2f} | "
+                  f"{r['compile_s']:.1f} | {r['peak_memory_gib'] or float('nan'):.1f} |")
+  (a.out / 'levers.md').write_text('\n'.join(rows) + '\n')
+  print('\n'.join(rows))
+
+
+if __name__ == '__main__':
+  main()
