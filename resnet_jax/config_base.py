@@ -42,6 +42,7 @@ def base_config() -> ml_collections.ConfigDict:
       mean=(0.5,),            # per-channel, on the [0, 1] scale; () = plain [0, 1] rescaling
       std=(0.5,),
       pca_lighting=0.0,       # AlexNet colour lighting strength (0.1 in the paper); RGB only
+      random_erasing=0.0,     # probability of erasing one random rectangle per image (train)
       device_resident=False,  # whole split on the devices, augmentation in jitted JAX
       num_workers=0,          # grain worker processes (0 = in the main process)
       prefetch=2,             # batches prefetched to the devices

@@ -21,6 +21,33 @@ def pca_lighting(images: jax.Array, rng: jax.Array, strength: float) -> jax.Arra
   return images + shift[:, None, None, :]
 
 
+def random_erasing(images: jax.Array, rng: jax.Array, probability: float, *,
+                   area_range: tuple[float, float] = (0.02, 0.4),
+                   min_aspect: float = 0.3) -> jax.Array:
+  """Random erasing (Zhong et al. 2017): with `probability`, one rectangle per image gets noise.
+
+  The rectangle covers a fraction of the image drawn from `area_range`, with an aspect ratio
+  log-uniform in [min_aspect, 1 / min_aspect] (clipped to the image), at a uniform position;
+  its pixels become uniform noise in [0, 1]. `images` are floats on the [0, 1] scale.
+  """
+  n, h, w, _ = images.shape
+  k_apply, k_area, k_ratio, k_top, k_left, k_noise = jax.random.split(rng, 6)
+  area = h * w * jax.random.uniform(k_area, (n,), minval=area_range[0], maxval=area_range[1])
+  log_aspect = jnp.log(min_aspect)
+  aspect = jnp.exp(jax.random.uniform(k_ratio, (n,), minval=log_aspect, maxval=-log_aspect))
+  eh = jnp.clip(jnp.round(jnp.sqrt(area * aspect)), 1, h)
+  ew = jnp.clip(jnp.round(jnp.sqrt(area / aspect)), 1, w)
+  top = jnp.floor(jax.random.uniform(k_top, (n,)) * (h - eh + 1))
+  left = jnp.floor(jax.random.uniform(k_left, (n,)) * (w - ew + 1))
+  rows = jnp.arange(h)[None, :, None]
+  cols = jnp.arange(w)[None, None, :]
+  inside = ((rows >= top[:, None, None]) & (rows < (top + eh)[:, None, None])
+            & (cols >= left[:, None, None]) & (cols < (left + ew)[:, None, None]))
+  erase = inside & jax.random.bernoulli(k_apply, probability, (n,))[:, None, None]
+  noise = jax.random.uniform(k_noise, images.shape, images.dtype)
+  return jnp.where(erase[..., None], noise, images)
+
+
 def normalize(images: jax.Array, mean: tuple[float, ...], std: tuple[float, ...]) -> jax.Array:
   """(x - mean) / std per channel; a single value applies to every channel; () leaves x as is."""
   channels = images.shape[-1]
@@ -36,11 +63,15 @@ def normalize(images: jax.Array, mean: tuple[float, ...], std: tuple[float, ...]
 
 def prepare_images(images_u8: jax.Array, rng: jax.Array | None, *, train: bool,
                    data_config: ml_collections.ConfigDict, dtype: jnp.dtype) -> jax.Array:
-  """uint8 [N, H, W, C] -> `dtype`: scaled to [0, 1], PCA lighting (train only), normalised."""
+  """uint8 [N, H, W, C] -> `dtype`: scaled to [0, 1], PCA lighting and random erasing (train
+  only), normalised."""
   images = images_u8.astype(jnp.float32) / 255.0
+  augments = data_config.pca_lighting > 0 or data_config.random_erasing > 0
+  if train and augments and rng is None:
+    raise ValueError('data.pca_lighting and data.random_erasing need an rng in training')
   if train and data_config.pca_lighting > 0:
-    if rng is None:
-      raise ValueError('data.pca_lighting > 0 needs an rng in training')
     images = pca_lighting(images, rng, data_config.pca_lighting)
+  if train and data_config.random_erasing > 0:
+    images = random_erasing(images, jax.random.fold_in(rng, 1), data_config.random_erasing)
   images = normalize(images, tuple(data_config.mean), tuple(data_config.std))
   return images.astype(dtype)
