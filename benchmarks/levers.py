@@ -25,8 +25,10 @@ CASES = {
     'rn50_base': (RN50 + ['--profile_dir={out}/prof_rn50'], '', ''),
     'rn50_b512': (RN50 + ['--config.batch_size=512'], '', ''),
     'rn50_b1024': (RN50 + ['--config.batch_size=1024', '--steps=10'], '', ''),
-    'rn50_no_nan_guard': (RN50, '', 'no_nan_guard'),
+    'rn50_plain_stem': (RN50, '', 'plain_stem'),
+    'rn50_xla_max_pool': (RN50, '', 'xla_max_pool'),
     'rn50_pool_slices': (RN50, '', 'pool_slices'),
+    'rn50_no_nan_guard': (RN50, '', 'no_nan_guard'),
     'rn50_latency_sched': (RN50, '--xla_gpu_enable_latency_hiding_scheduler=true', ''),
     'rn50_no_cmd_buffer': (RN50, '--xla_gpu_enable_command_buffer=', ''),
     'c56_base': (C56 + ['--profile_dir={out}/prof_c56'], '', ''),
@@ -36,26 +38,45 @@ CASES = {
 }
 
 
-def max_pool_by_slices(x, window_shape, strides, padding):
-  """3x3/2 max-pool as the max of 9 strided slices (no reduce-window, no select-and-scatter)."""
+def strided_conv(x, kernel):
+  """The stem conv as XLA's plain 7x7/2 convolution (before the space-to-depth form)."""
+  import jax
+  p = kernel.shape[0] // 2
+  return jax.lax.conv_general_dilated(x, kernel, (2, 2), [(p, p), (p, p)],
+                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+def xla_max_pool(x, window, stride, padding):
+  """Flax's max-pool: reduce-window forward, XLA's select-and-scatter backward."""
+  import flax.linen as nn
+  return nn.max_pool(x, (window, window), strides=(stride, stride),
+                     padding=((padding, padding), (padding, padding)))
+
+
+def max_pool_by_slices(x, window, stride, padding):
+  """Max-pool as the max of window^2 strided slices, differentiated by JAX (ties share)."""
   import jax.numpy as jnp
-  (kh, kw), (sh, sw) = window_shape, strides
-  x = jnp.pad(x, ((0, 0), *padding, (0, 0)), constant_values=-jnp.inf)
-  h = (x.shape[1] - kh) // sh + 1
-  w = (x.shape[2] - kw) // sw + 1
+  x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)),
+              constant_values=-jnp.inf)
+  h = (x.shape[1] - window) // stride + 1
+  w = (x.shape[2] - window) // stride + 1
   out = None
-  for dy in range(kh):
-    for dx in range(kw):
-      s = x[:, dy:dy + sh * (h - 1) + 1:sh, dx:dx + sw * (w - 1) + 1:sw, :]
+  for dy in range(window):
+    for dx in range(window):
+      s = x[:, dy:dy + stride * (h - 1) + 1:stride, dx:dx + stride * (w - 1) + 1:stride, :]
       out = s if out is None else jnp.maximum(out, s)
   return out
 
 
 def apply_patch(name: str) -> None:
   """Changes the package in this process only, for one experimental case."""
-  if name == 'pool_slices':
-    import flax.linen as nn
-    nn.max_pool = max_pool_by_slices
+  from resnet_jax.models import layers, resnet
+  if name == 'plain_stem':
+    layers.space_to_depth_conv = strided_conv
+  elif name == 'xla_max_pool':
+    resnet.max_pool = xla_max_pool
+  elif name == 'pool_slices':
+    resnet.max_pool = max_pool_by_slices
   elif name == 'no_nan_guard':
     import jax.numpy as jnp
 

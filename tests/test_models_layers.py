@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from resnet_jax.models import layers
 from resnet_jax.models.blocks import BasicBlock, BottleneckBlock, Shortcut
 from resnet_jax.models.layers import BatchNorm, conv_kernel_init, pad_channels, zero_pad_shortcut
 
@@ -156,3 +157,44 @@ def test_bottleneck_variants_and_plain_block():
   branch = inter['intermediates']['bn2']['__call__'][0]
   np.testing.assert_allclose(out, jax.nn.relu(branch + x), atol=1e-6)   # ReLU after the add
   np.testing.assert_allclose(apply(plain, variables, x), jax.nn.relu(branch), atol=1e-6)
+
+
+@pytest.mark.parametrize('shape', [(2, 16, 16, 3), (1, 12, 20, 5)])
+def test_space_to_depth_conv_equals_the_strided_conv(shape):
+  x = jax.random.normal(jax.random.key(0), shape)
+  kernel = jax.random.normal(jax.random.key(1), (7, 7, shape[-1], 8))
+
+  def strided(x, kernel):
+    return jax.lax.conv_general_dilated(x, kernel, (2, 2), [(3, 3), (3, 3)],
+                                        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+  np.testing.assert_allclose(layers.space_to_depth_conv(x, kernel), strided(x, kernel),
+                             rtol=1e-5, atol=1e-4)
+  grads = [jax.grad(lambda k, f=f: jnp.sum(f(x, k) ** 2))(kernel)
+           for f in (layers.space_to_depth_conv, strided)]
+  np.testing.assert_allclose(grads[0], grads[1], rtol=1e-4, atol=1e-2)
+  with pytest.raises(ValueError, match='even'):
+    layers.space_to_depth_conv(x[:, 1:], kernel)
+
+
+def test_stem_conv_keeps_the_conv_parameter_and_handles_odd_sizes():
+  stem = layers.StemConv(8, 7)
+  x = jax.random.normal(jax.random.key(0), (1, 15, 15, 3))
+  variables = stem.init(jax.random.key(1), x)
+  kernel = variables['params']['kernel']
+  assert kernel.shape == (7, 7, 3, 8)
+  expected = jax.lax.conv_general_dilated(x, kernel, (2, 2), [(3, 3), (3, 3)],
+                                          dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  np.testing.assert_allclose(stem.apply(variables, x), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('shape', [(2, 16, 16, 4), (1, 15, 9, 2)])
+def test_max_pool_equals_flax_and_its_gradient_goes_to_the_first_maximum(shape):
+  x = jax.random.normal(jax.random.key(2), shape)
+  reference = functools.partial(nn.max_pool, window_shape=(3, 3), strides=(2, 2),
+                                padding=((1, 1), (1, 1)))
+  np.testing.assert_array_equal(layers.max_pool(x), reference(x))
+  grads = [jax.grad(lambda x, f=f: jnp.sum(f(x) ** 3))(x) for f in (layers.max_pool, reference)]
+  np.testing.assert_allclose(grads[0], grads[1], rtol=1e-6)
+  ties = jax.grad(lambda x: jnp.sum(layers.max_pool(x)))(jnp.zeros((1, 4, 4, 1)))[0, :, :, 0]
+  np.testing.assert_array_equal(ties, [[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]])

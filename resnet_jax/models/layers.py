@@ -1,5 +1,6 @@
 """Layers shared by the blocks: batch norm with ghost batches, the parameter-free shortcut."""
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -60,6 +61,92 @@ class BatchNorm(nn.Module):
     mul = scale.astype(jnp.float32) * jax.lax.rsqrt(var + self.epsilon)
     y = x32 * mul + (bias.astype(jnp.float32) - mean * mul)
     return y.reshape(x.shape).astype(self.dtype or x.dtype)
+
+
+def space_to_depth_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """A k x k (odd k) convolution with stride 2 and padding k // 2, computed as a stride-1 conv.
+
+  Both are padded to an even size and folded into 2x2 blocks: the input [N, H, W, C] (H, W even)
+  becomes [N, H/2 + k//2, W/2 + k//2, 4C] and the kernel [k+1, k+1, C, F] (a zero last row and
+  column) becomes [(k+1)/2, (k+1)/2, 4C, F]. Same result, but a 4x4 conv over 12 channels uses
+  the tensor cores far better than a 7x7/2 conv over 3 (the ResNet stem; MLPerf's trick).
+  """
+  n, h, w, c = x.shape
+  k = kernel.shape[0]
+  if k % 2 == 0 or h % 2 or w % 2:
+    raise ValueError(f'space_to_depth_conv needs an odd kernel and even H, W; got kernel {k} '
+                     f'and input {x.shape}')
+  p = k // 2
+  x = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+  hb, wb = (h + 2 * p) // 2, (w + 2 * p) // 2
+  x = x.reshape(n, hb, 2, wb, 2, c).transpose(0, 1, 3, 2, 4, 5).reshape(n, hb, wb, 4 * c)
+  kb = (k + 1) // 2
+  kernel = jnp.pad(kernel, ((0, 1), (0, 1), (0, 0), (0, 0)))
+  kernel = kernel.reshape(kb, 2, kb, 2, c, -1).transpose(0, 2, 1, 3, 4, 5).reshape(kb, kb, 4 * c, -1)
+  return jax.lax.conv_general_dilated(x, kernel, (1, 1), 'VALID',
+                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+class StemConv(nn.Module):
+  """The k x k / 2 stem conv without bias, run as `space_to_depth_conv` on even-sized inputs.
+
+  Its parameter is the usual `kernel` [k, k, C, features] (same name and shape as `nn.Conv`'s),
+  so checkpoints and converted torchvision weights do not see the difference.
+  """
+  features: int
+  kernel_size: int
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    k = self.kernel_size
+    kernel = self.param('kernel', conv_kernel_init, (k, k, x.shape[-1], self.features),
+                        self.param_dtype)
+    x, kernel = x.astype(self.dtype or x.dtype), kernel.astype(self.dtype or x.dtype)
+    if x.shape[1] % 2 == 0 and x.shape[2] % 2 == 0:
+      return space_to_depth_conv(x, kernel)
+    return jax.lax.conv_general_dilated(x, kernel, (2, 2), [(k // 2, k // 2)] * 2,
+                                        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def max_pool(x: jax.Array, window: int = 3, stride: int = 2, padding: int = 1) -> jax.Array:
+  """Max-pooling over window x window patches of [N, H, W, C], -inf padding (as nn.max_pool).
+
+  The gradient goes to the first maximum of each window (as in PyTorch), computed by one fused
+  gather-free pass instead of XLA's select-and-scatter, which is slow on GPUs.
+  """
+  pad = ((0, 0), (padding, padding), (padding, padding), (0, 0))
+  return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, window, window, 1),
+                               (1, stride, stride, 1), pad)
+
+
+def _max_pool_fwd(x, window, stride, padding):
+  y = max_pool(x, window, stride, padding)
+  return y, (x, y)
+
+
+def _max_pool_bwd(window, stride, padding, residuals, g):
+  x, y = residuals
+  xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)),
+               constant_values=-jnp.inf)
+  (_, hp, wp, _), (_, out_h, out_w, _) = xp.shape, y.shape
+  taken = jnp.zeros(y.shape, bool)
+  dx = jnp.zeros(xp.shape, g.dtype)
+  for dy in range(window):
+    for dxo in range(window):   # window order: the first maximum takes the gradient
+      rows, cols = dy + stride * (out_h - 1) + 1, dxo + stride * (out_w - 1) + 1
+      hit = (xp[:, dy:rows:stride, dxo:cols:stride, :] == y) & ~taken
+      taken = taken | hit
+      # Back to input positions: interior padding spreads the window grid out by `stride`.
+      dx = dx + jax.lax.pad(jnp.where(hit, g, 0), jnp.zeros((), g.dtype),
+                            ((0, 0, 0), (dy, hp - rows, stride - 1), (dxo, wp - cols, stride - 1),
+                             (0, 0, 0)))
+  return (dx[:, padding:padding + x.shape[1], padding:padding + x.shape[2], :],)
+
+
+max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 def check_choice(what: str, value: Any, valid: tuple) -> None:

@@ -1,6 +1,7 @@
 """The residual network (and its plain twin) of He et al. 2015, for all three families.
 
     stem: conv k x k / stem_strides (width channels) + BN + ReLU [+ 3x3/2 max-pool]
+          (a stride-2 stem runs as a space-to-depth conv: same parameters, same result)
     stage i: stage_sizes[i] blocks of width * 2**i channels, the first with stage_strides[i]
     head: global average pool + Dense, logits in float32
 
@@ -16,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from resnet_jax.models.blocks import SHORTCUTS, BasicBlock, BottleneckBlock
-from resnet_jax.models.layers import BatchNorm, check_choice, conv_kernel_init
+from resnet_jax.models.layers import BatchNorm, StemConv, check_choice, conv_kernel_init, max_pool
 
 VARIANTS = ('v1', 'v1.5')
 
@@ -62,10 +63,13 @@ class ResNet(nn.Module):
       block = BasicBlock
 
     k = self.stem_kernel
-    x = conv(self.width, (k, k), self.stem_strides, padding=k // 2, name='stem_conv')(x)
+    if self.stem_strides == 2:
+      x = StemConv(self.width, k, self.dtype, self.param_dtype, name='stem_conv')(x)
+    else:
+      x = conv(self.width, (k, k), self.stem_strides, padding=k // 2, name='stem_conv')(x)
     x = nn.relu(norm(name='stem_bn')(x))
     if self.stem_pool:
-      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+      x = max_pool(x, window=3, stride=2, padding=1)
     for i, (size, strides) in enumerate(zip(self.stage_sizes, self.stage_strides)):
       for j in range(size):
         x = block(features=self.width * 2**i, strides=strides if j == 0 else 1, conv=conv,

@@ -3,7 +3,7 @@
     python -m resnet_jax.models.summary [--models resnet50,cifar_resnet56] [--json]
 
 Nothing is allocated: shapes come from `jax.eval_shape`, and MACs from recording every
-`nn.Conv` / `nn.Dense` call with `flax.linen.intercept_methods`.
+`nn.Conv` / `StemConv` / `nn.Dense` call with `flax.linen.intercept_methods`.
 """
 
 import argparse
@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from resnet_jax.models.layers import StemConv
 from resnet_jax.models.registry import create_model, input_shape, model_names
 
 
@@ -32,6 +33,8 @@ def _layer_macs(module: nn.Module, x: Any, y: Any) -> int:
   if isinstance(module, nn.Conv):
     kernel = math.prod(module.kernel_size) * x.shape[-1] // module.feature_group_count
     return math.prod(y.shape) * kernel
+  if isinstance(module, StemConv):   # the k x k / 2 conv it computes, not its folded form
+    return math.prod(y.shape) * module.kernel_size ** 2 * x.shape[-1]
   if isinstance(module, nn.Dense):
     return math.prod(y.shape) * x.shape[-1]
   return 0
