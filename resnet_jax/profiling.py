@@ -70,35 +70,38 @@ class StepProfiler:
     logging.info('profiler: trace written to %s', self.logdir)
 
 
-# Kernel categories, first match wins: (category, substrings of the kernel or HLO op name).
+# Kernel categories by kernel name, first match wins (cuDNN names its conv kernels fprop, dgrad
+# and wgrad; XLA turns 1x1 convs into cuBLAS GEMMs, 'nvjet' on Hopper; XLA's own kernels are
+# fusions named after their root op).
 _CATEGORIES = (
     ('conv weight-grad', ('wgrad',)),
     ('conv data-grad', ('dgrad',)),
-    ('conv forward', ('fprop', 'conv')),
-    ('max-pool', ('select_and_scatter', 'select-and-scatter', 'reduce_window', 'reduce-window')),
-    ('matmul', ('gemm', 'cublas', 'cutlass', 'dot')),
+    ('conv forward', ('fprop',)),
+    ('conv (other cuDNN)', ('implicitgemmconvolution', 'convolve', 'conv2d')),
+    ('GEMM (1x1 convs, dense)', ('nvjet', 'gemm', 'cublas', 'cutlass')),
+    ('max-pool, scatter', ('select_and_scatter', 'reduce_window', 'scatter')),
     ('reduction fusions (BN statistics)', ('reduce', 'reduction')),
     ('copies and transposes', ('copy', 'transpose', 'memcpy', 'memset')),
     ('elementwise fusions', ('fusion', 'triton')),
 )
 
 
-def kernel_category(kernel: str, hlo_op: str = '') -> str:
-  """The category of a GPU kernel from its name and the HLO op that launched it."""
-  names = f'{kernel} {hlo_op}'.lower()
+def kernel_category(kernel: str) -> str:
+  """The category of a GPU kernel, from its name."""
+  name = kernel.lower()
   for category, keys in _CATEGORIES:
-    if any(k in names for k in keys):
+    if any(k in name for k in keys):
       return category
   return 'other'
 
 
-def device_kernel_times(logdir: str | Path) -> dict[tuple[str, str], list[int]]:
-  """{(kernel name, HLO op): [total ns, launches]} over the GPU streams of the newest trace."""
+def device_kernel_times(logdir: str | Path) -> dict[str, list[int]]:
+  """{kernel name: [total ns, launches]} over the GPU streams of the newest trace."""
   from jax.profiler import ProfileData
   traces = sorted(Path(logdir).glob('**/*.xplane.pb'), key=lambda p: p.stat().st_mtime)
   if not traces:
     raise FileNotFoundError(f'no *.xplane.pb trace under {logdir}')
-  times: dict[tuple[str, str], list[int]] = {}
+  times: dict[str, list[int]] = {}
   for plane in ProfileData.from_file(str(traces[-1])).planes:
     if not plane.name.startswith('/device:GPU'):
       continue
@@ -106,8 +109,7 @@ def device_kernel_times(logdir: str | Path) -> dict[tuple[str, str], list[int]]:
       if not line.name.startswith('Stream'):
         continue
       for event in line.events:
-        hlo_op = next((str(v) for k, v in event.stats if k == 'hlo_op'), '')
-        entry = times.setdefault((event.name, hlo_op), [0, 0])
+        entry = times.setdefault(event.name, [0, 0])
         entry[0] += int(event.duration_ns)
         entry[1] += 1
   return times
@@ -120,8 +122,8 @@ def kernel_breakdown(logdir: str | Path, num_steps: int, step_ms: float, top: in
     return 'no GPU kernels in the trace (the breakdown needs a GPU)'
   by_category: dict[str, float] = {}
   by_kernel: dict[str, list[float]] = {}
-  for (kernel, hlo_op), (ns, count) in times.items():
-    category = kernel_category(kernel, hlo_op)
+  for kernel, (ns, count) in times.items():
+    category = kernel_category(kernel)
     by_category[category] = by_category.get(category, 0.0) + ns / 1e6 / num_steps
     entry = by_kernel.setdefault(f'[{category}] {kernel[:90]}', [0.0, 0.0])
     entry[0] += ns / 1e6 / num_steps

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# The Fashion-MNIST runs of docs/results.md, on one GPU, in one call:
+#
+#   benchmarks/fashion_mnist_runs.sh OUT [DATA_DIR] [fast|best|degradation|shortcuts ...]
+#
+# fast: the quick recipes, one at a time (each alone on the GPU, timed with /usr/bin/time).
+# best, degradation, shortcuts: the accuracy runs and the two paper sweeps, several processes
+# sharing the GPU at once (the small nets leave it mostly idle; timings of these are not
+# reported). Every run's log lands in OUT; `results.txt` lists final test accuracies.
+set -u
+out=${1:?usage: fashion_mnist_runs.sh OUT [DATA_DIR] [fast|best|degradation|shortcuts ...]}
+data=${2:-/usr/share/datasets/fashion-mnist}
+shift 2 || shift $#
+parts=${*:-fast best degradation shortcuts}
+mkdir -p "$out"
+main=(python3 -m resnet_jax.main --config=configs/fashion_mnist.py "--config.data.data_dir=$data")
+at_end=(--config.eval_every_steps=1000000 --config.checkpoint_every_steps=1000000)
+fast=(--config.batch_size=512 --config.dtype=bfloat16 --config.optimizer.lr=0.4
+      --config.optimizer.lr_batch_size=512 --config.optimizer.nesterov=True
+      --config.optimizer.weight_decay=5e-4 --config.schedule.name=linear
+      --config.schedule.unit=epochs --config.schedule.warmup=1 --config.label_smoothing=0.1)
+best=(--config.batch_size=256 --config.dtype=bfloat16 --config.optimizer.nesterov=True
+      --config.optimizer.weight_decay=5e-4 --config.schedule.name=cosine
+      --config.schedule.unit=epochs --config.schedule.warmup=2 --config.label_smoothing=0.1
+      --config.data.random_erasing=0.5 --config.keep_checkpoints=1)
+
+timed() {   # name, args...: one run alone, with its process wall time
+  local name=$1; shift
+  /usr/bin/time -f "$name: process wall %e s" -a -o "$out/walls.txt" \
+    "${main[@]}" --workdir="$out/$name" "$@" >"$out/$name.log" 2>&1
+}
+
+sweep_commands() {   # sweep config: its per-point commands, with this data dir and python3
+  python3 -m resnet_jax.sweep --config="$1" --workdir="$out/$(basename "${1%%.py*}")" \
+    --print-commands --set=data.data_dir="$data" --set=checkpoint_every_steps=1000000 \
+    | sed 's/^python /python3 /'
+}
+
+jobs_file=$out/parallel_jobs.txt
+: >"$jobs_file"
+for part in $parts; do
+  case $part in
+    fast)
+      timed fast_w32_e15 "${fast[@]}" "${at_end[@]}" --config.model.width=32 --config.num_epochs=15
+      XLA_FLAGS=--xla_gpu_autotune_level=0 timed fast_w32_e15_autotune0 "${fast[@]}" \
+        "${at_end[@]}" --config.model.width=32 --config.num_epochs=15
+      XLA_FLAGS=--xla_gpu_autotune_level=0 timed fast_w32_e20_autotune0 "${fast[@]}" \
+        "${at_end[@]}" --config.model.width=32 --config.num_epochs=20 ;;
+    best)
+      for spec in "resnet20 40" "resnet44 24"; do
+        set -- $spec
+        echo "python3 -m resnet_jax.main --config=configs/fashion_mnist.py:$1" \
+          "--config.data.data_dir=$data --workdir=$out/best_$1_w$2 ${best[*]}" \
+          "--config.model.width=$2 --config.num_epochs=60" >>"$jobs_file"
+      done ;;
+    degradation)
+      sweep_commands configs/ablations/degradation.py:fashion_mnist | grep -E 'cifar_(plain|resnet)(20|56)' >>"$jobs_file" ;;
+    shortcuts)
+      sweep_commands configs/ablations/shortcuts_cifar.py:fashion_mnist | grep -E 'shortcut=(B|C)' >>"$jobs_file" ;;
+    *) echo "unknown part $part" >&2; exit 2 ;;
+  esac
+done
+run_job() {   # one command line; its log goes next to its workdir
+  local workdir=${1##*--workdir=}
+  timeout "${JOB_TIMEOUT:-480}" bash -c "$1" >"${workdir%% *}.log" 2>&1
+}
+if [ -s "$jobs_file" ]; then   # several runs share the GPU; each keeps a small memory pool
+  export -f run_job
+  XLA_PYTHON_CLIENT_MEM_FRACTION=0.12 xargs -P "${JOBS:-5}" -d '\n' -I{} bash -c 'run_job "$1"' _ {} \
+    <"$jobs_file"
+fi
+for summary in "$out"/*/summary.json "$out"/*/*/summary.json; do
+  [ -f "$summary" ] && python3 -c "import json,sys; s=json.load(open(sys.argv[1])); \
+print(sys.argv[1], 'final', s['final'], 'wall_time_s', round(s['wall_time_s'], 1))" "$summary"
+done | tee "$out/results.txt"
+cat "$out/walls.txt" 2>/dev/null
