@@ -1,12 +1,24 @@
-"""`--mode=eval`: evaluates the latest or best checkpoint of a workdir and writes the results."""
+"""`--mode=eval`: evaluates the latest or best checkpoint of a workdir with `config.eval.protocol`.
+
+Writes `eval_<checkpoint>_<step>.json` (loss, top-1, top-5, per-class accuracy, confusion matrix
+counts) and `plots/confusion_<checkpoint>_<step>.png` into the workdir. Protocols: see
+`resnet_jax.eval_protocols`.
+"""
 
 from pathlib import Path
 from typing import Any
 
+import jax
 import ml_collections
+import numpy as np
+from matplotlib.figure import Figure
 
+from resnet_jax import eval_protocols, plots
 from resnet_jax.checkpoint import Checkpointer, write_json
 from resnet_jax.train.loop import create_trainer
+
+_LABELLED_CLASSES = 30   # more classes: no tick labels
+_ANNOTATED_CLASSES = 12  # up to this many: counts written in the cells
 
 
 def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
@@ -14,19 +26,56 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str | Path) -> 
   workdir = Path(workdir)
   if not workdir.is_dir():
     raise FileNotFoundError(f'workdir {workdir} does not exist')
-  ckpt = Checkpointer(workdir, keep=config.keep_checkpoints, keep_best=config.keep_best_checkpoints,
-                      best_metric=config.best_metric)
+  eval_protocols.Protocol.from_config(config)   # a bad protocol fails before any work
   which = config.eval.checkpoint
   if which not in ('latest', 'best'):
     raise ValueError(f"eval.checkpoint must be 'latest' or 'best', got {which!r}")
+  ckpt = Checkpointer(workdir, keep=config.keep_checkpoints, keep_best=config.keep_best_checkpoints,
+                      best_metric=config.best_metric)
   step = ckpt.best_step() if which == 'best' else ckpt.latest_step()
   if step is None:
     raise FileNotFoundError(f'no {which} checkpoint in {ckpt.directory}')
-  trainer, _, eval_input = create_trainer(config, train=False)
+  trainer, _, base_input = create_trainer(config, train=False)
   state, _ = ckpt.restore(trainer.init_state(), config, step)
   ckpt.close()
-  results = dict(trainer.evaluate(state, eval_input), step=step, checkpoint=which,
-                 protocol=config.eval.protocol)
+  eval_input = eval_protocols.protocol_input(config, trainer.mesh, base_input)
+  eval_step = eval_protocols.compile_step(trainer.model, config, trainer.mesh,
+                                          trainer.state_sharding)
+  sums = eval_protocols.evaluate_views(eval_step, state, eval_input)
+  results = dict(eval_protocols.summarize(sums, eval_input.info.class_names), step=step,
+                 checkpoint=which, protocol=config.eval.protocol)
+  if config.eval.protocol == 'multi_scale':
+    results['scales'] = list(config.eval.scales)
   write_json(workdir / f'eval_{which}_{step}.json', results)
-  print(', '.join(f'{k}: {v}' for k, v in results.items()), flush=True)
+  if jax.process_index() == 0:
+    plots.save(confusion_figure(results), workdir / 'plots' / f'confusion_{which}_{step}.png')
+  print(', '.join(f'{k}: {results[k]}' for k in ('protocol', 'checkpoint', 'step', 'num_examples',
+                                                  'eval/loss', 'eval/top1', 'eval/top5')),
+        flush=True)
   return results
+
+
+def confusion_figure(results: dict[str, Any]) -> Figure:
+  """The confusion matrix, each row (true class) as fractions of its examples."""
+  counts = np.asarray(results['confusion_matrix'], float)
+  names = results['class_names']
+  fractions = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+  side = min(4 + 0.4 * len(names), 14)
+  fig = Figure(figsize=(side + 1, side), layout='constrained')
+  ax = fig.add_subplot()
+  image = ax.imshow(fractions, cmap='Blues', vmin=0, vmax=1)
+  fig.colorbar(image, ax=ax, label='fraction of the true class')
+  ax.set_xlabel('predicted class')
+  ax.set_ylabel('true class')
+  ax.set_title(f"{results['protocol']}, step {results['step']}: top-1 "
+               f"{100 * results['eval/top1']:.2f}%")
+  if len(names) <= _LABELLED_CLASSES:
+    ticks = np.arange(len(names))
+    ax.set_xticks(ticks, names, rotation=90)
+    ax.set_yticks(ticks, names)
+  if len(names) <= _ANNOTATED_CLASSES:
+    for (i, j), n in np.ndenumerate(counts.astype(int)):
+      ax.text(j, i, str(n), ha='center', va='center', fontsize=8,
+              color='white' if fractions[i, j] > 0.5 else 'black')
+  return fig
+
