@@ -1,6 +1,5 @@
 """Layers shared by the blocks: batch norm with ghost batches, the parameter-free shortcut."""
 
-import functools
 from typing import Any
 
 import flax.linen as nn
@@ -108,45 +107,6 @@ class StemConv(nn.Module):
       return space_to_depth_conv(x, kernel)
     return jax.lax.conv_general_dilated(x, kernel, (2, 2), [(k // 2, k // 2)] * 2,
                                         dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
-def max_pool(x: jax.Array, window: int = 3, stride: int = 2, padding: int = 1) -> jax.Array:
-  """Max-pooling over window x window patches of [N, H, W, C], -inf padding (as nn.max_pool).
-
-  The gradient goes to the first maximum of each window (as in PyTorch), computed by one fused
-  gather-free pass instead of XLA's select-and-scatter, which is slow on GPUs.
-  """
-  pad = ((0, 0), (padding, padding), (padding, padding), (0, 0))
-  return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, window, window, 1),
-                               (1, stride, stride, 1), pad)
-
-
-def _max_pool_fwd(x, window, stride, padding):
-  y = max_pool(x, window, stride, padding)
-  return y, (x, y)
-
-
-def _max_pool_bwd(window, stride, padding, residuals, g):
-  x, y = residuals
-  xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)),
-               constant_values=-jnp.inf)
-  (_, hp, wp, _), (_, out_h, out_w, _) = xp.shape, y.shape
-  taken = jnp.zeros(y.shape, bool)
-  dx = jnp.zeros(xp.shape, g.dtype)
-  for dy in range(window):
-    for dxo in range(window):   # window order: the first maximum takes the gradient
-      rows, cols = dy + stride * (out_h - 1) + 1, dxo + stride * (out_w - 1) + 1
-      hit = (xp[:, dy:rows:stride, dxo:cols:stride, :] == y) & ~taken
-      taken = taken | hit
-      # Back to input positions: interior padding spreads the window grid out by `stride`.
-      dx = dx + jax.lax.pad(jnp.where(hit, g, 0), jnp.zeros((), g.dtype),
-                            ((0, 0, 0), (dy, hp - rows, stride - 1), (dxo, wp - cols, stride - 1),
-                             (0, 0, 0)))
-  return (dx[:, padding:padding + x.shape[1], padding:padding + x.shape[2], :],)
-
-
-max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 def check_choice(what: str, value: Any, valid: tuple) -> None:

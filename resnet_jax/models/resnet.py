@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from resnet_jax.models.blocks import SHORTCUTS, BasicBlock, BottleneckBlock
-from resnet_jax.models.layers import BatchNorm, StemConv, check_choice, conv_kernel_init, max_pool
+from resnet_jax.models.layers import BatchNorm, StemConv, check_choice, conv_kernel_init
 
 VARIANTS = ('v1', 'v1.5')
 
@@ -69,7 +69,7 @@ class ResNet(nn.Module):
       x = conv(self.width, (k, k), self.stem_strides, padding=k // 2, name='stem_conv')(x)
     x = nn.relu(norm(name='stem_bn')(x))
     if self.stem_pool:
-      x = max_pool(x, window=3, stride=2, padding=1)
+      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for i, (size, strides) in enumerate(zip(self.stage_sizes, self.stage_strides)):
       for j in range(size):
         x = block(features=self.width * 2**i, strides=strides if j == 0 else 1, conv=conv,
