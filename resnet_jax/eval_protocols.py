@@ -202,12 +202,17 @@ def protocol_eval_step(state: TrainState, batch: Batch, *, model: Any,
   the highest score counts as predicted correctly, as in top-1, so its trace is the top-1 count.
   """
   variables = {'params': eval_params(state), 'batch_stats': state.batch_stats}
+  by_shape: dict[tuple[int, ...], list[jax.Array]] = {}
+  for view in batch['views']:   # views of one shape run as one batch
+    by_shape.setdefault(view.shape, []).append(view)
   log_probs = []
-  for view in batch['views']:
-    images = prepare_images(view, None, train=False, data_config=config.data,
+  for shape, views in by_shape.items():
+    images = prepare_images(jnp.concatenate(views), None, train=False, data_config=config.data,
                             dtype=jnp.dtype(config.dtype))
-    log_probs.append(jax.nn.log_softmax(model.apply(variables, images, train=False)))
-  log_mean = jax.nn.logsumexp(jnp.stack(log_probs), axis=0) - math.log(len(log_probs))
+    logits = model.apply(variables, images, train=False)
+    log_probs.append(jax.nn.log_softmax(logits).reshape(len(views), shape[0], -1))
+  log_probs = jnp.concatenate(log_probs)
+  log_mean = jax.nn.logsumexp(log_probs, axis=0) - math.log(log_probs.shape[0])
   labels, mask = batch['label'], batch['mask']
   num_classes = log_mean.shape[-1]
   top1 = topk_correct(log_mean, labels, 1)

@@ -43,6 +43,7 @@ from resnet_jax.data.device_ops import prepare_images
 from resnet_jax.data.prepare import IMAGE_EXTENSIONS
 from resnet_jax.data.sources import load_split
 from resnet_jax.data.transforms import ImageTransform
+from resnet_jax.evaluate import abstract_state
 from resnet_jax.train.loop import Trainer
 from resnet_jax.train.state import eval_params
 
@@ -107,7 +108,7 @@ class Predictor:
     size = config.data.image_size
     trainer = Trainer(config, parallel.create_mesh(), num_classes=num_classes,
                       image_shape=(size, size, channels), steps_per_epoch=1)
-    state, _ = ckpt.restore(trainer.init_state(), config, self.step)
+    state, _ = ckpt.restore(abstract_state(trainer), config, self.step)
     ckpt.close()
     self.variables = jax.device_get({'params': eval_params(state),
                                      'batch_stats': state.batch_stats})

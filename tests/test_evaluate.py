@@ -1,0 +1,177 @@
+"""Eval protocols: view geometry, host and device views, and the metrics of a whole pass."""
+
+import io
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from resnet_jax import eval_protocols, parallel
+from resnet_jax.checkpoint import Checkpointer
+from resnet_jax.data.prepare import prepare
+from resnet_jax.data.transforms import ImageTransform, center_crop_box
+from resnet_jax.eval_protocols import Protocol
+from resnet_jax.evaluate import evaluate_workdir
+from resnet_jax.train.loop import create_trainer
+from tests.data_builders import folder_config, write_image_folder
+from tests.helpers import write_idx_dataset
+
+CLASSES = {'cat': 5, 'dog': 3, 'fox': 4}
+
+
+def test_unknown_protocol_names_the_valid_ones():
+  with pytest.raises(ValueError, match='five_crop.*center_crop, ten_crop, multi_scale'):
+    Protocol('five_crop', 16, 18, ())
+
+
+def test_ten_crop_geometry_is_corners_centre_and_their_flips():
+  views = Protocol('ten_crop', 16, 18, ()).views(40, 30)
+  side = 16 * 30 / 18
+  assert len(views) == 10 and {s for _, s, _ in views} == {16}
+  assert [flip for _, _, flip in views] == [False] * 5 + [True] * 5
+  boxes = [box for box, _, _ in views[:5]]
+  np.testing.assert_allclose(boxes[:4], [(0, 0, side, side), (40 - side, 0, 40, side),
+                                         (0, 30 - side, side, 30), (40 - side, 30 - side, 40, 30)])
+  assert boxes[4] == center_crop_box(40, 30, size=16, resize=18)
+  assert [box for box, _, _ in views[5:]] == boxes
+
+
+def test_multi_scale_feeds_the_central_square_at_each_scale():
+  views = Protocol('multi_scale', 16, 18, (12, 20, 28)).views(40, 30)
+  assert [(box, side) for box, side, _ in views] == [((5, 0, 35, 30), s) for s in (12, 20, 28)]
+
+
+def test_host_views_match_the_eval_crop():
+  rng = np.random.default_rng(0)
+  image = Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8))
+  for fmt in ('PNG', 'JPEG'):
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    data = buffer.getvalue()
+    eval_crop = ImageTransform('none', 16, 3, eval_resize=18).eval(data, 'x')
+    views = eval_protocols.host_views(Protocol('ten_crop', 16, 18, ()), data, 'x', 3)
+    assert len(views) == 10 and all(v.shape == (16, 16, 3) for v in views)
+    np.testing.assert_array_equal(views[4], eval_crop)
+    np.testing.assert_array_equal(views[9], eval_crop[:, ::-1])
+    scales = eval_protocols.host_views(Protocol('multi_scale', 16, 18, (12, 24)), data, 'x', 3)
+    assert [v.shape for v in scales] == [(12, 12, 3), (24, 24, 3)]
+
+
+def test_device_views_cut_exact_crops_and_flips():
+  images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (2, 16, 16, 1), dtype=np.uint8))
+  views = eval_protocols.device_views(images, Protocol('ten_crop', 8, 0, ()))
+  x = np.asarray(images)
+  expected = [x[:, :8, :8], x[:, :8, 8:], x[:, 8:, :8], x[:, 8:, 8:], x[:, 4:12, 4:12]]
+  expected += [e[:, :, ::-1] for e in expected]
+  for view, e in zip(views, expected, strict=True):
+    np.testing.assert_array_equal(np.asarray(view), e)
+  up = eval_protocols.device_views(images, Protocol('multi_scale', 8, 0, (16, 32)))
+  np.testing.assert_array_equal(np.asarray(up[0]), x)
+  assert up[1].shape == (2, 32, 32, 1) and up[1].dtype == jnp.uint8
+
+
+@pytest.fixture(scope='module')
+def folder_dataset(tmp_path_factory):
+  root = write_image_folder(tmp_path_factory.mktemp('images'), CLASSES, size=(40, 30))
+  out = tmp_path_factory.mktemp('prepared')
+  prepare(root, out, val_fraction=0.5, workers=0)
+  return out
+
+
+def random_state(trainer):
+  """A state of random values, BN variances positive (no jitted init: slow to compile on CPU)."""
+  rng = np.random.default_rng(0)
+
+  def leaf(path, x, sharding):
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+      value = np.zeros(x.shape, x.dtype)
+    elif jax.tree_util.keystr(path).endswith("['var']"):
+      value = rng.uniform(0.5, 1.5, x.shape).astype(x.dtype)
+    else:
+      value = (0.1 * rng.standard_normal(x.shape)).astype(x.dtype)
+    return jax.device_put(value, sharding)
+
+  return jax.tree_util.tree_map_with_path(leaf, jax.eval_shape(trainer.init_state),
+                                          trainer.state_sharding)
+
+
+def constant_logits(state, mesh, num_classes: int):
+  """`state` with a zero head kernel: logits = a bias that favours the last class."""
+  params = dict(state.params)
+  params['head'] = {'kernel': jnp.zeros_like(params['head']['kernel']),
+                    'bias': jnp.arange(num_classes, dtype=jnp.float32)}
+  return state.replace(params=jax.device_put(params, parallel.replicated(mesh)))
+
+
+def protocol_results(config):
+  trainer, _, base = create_trainer(config, train=False)
+  state = constant_logits(random_state(trainer), trainer.mesh, base.info.num_classes)
+  eval_input = eval_protocols.protocol_input(config, trainer.mesh, base)
+  step = eval_protocols.compile_step(trainer.model, config, trainer.mesh, trainer.state_sharding)
+  sums = eval_protocols.evaluate_views(step, state, eval_input)
+  return eval_protocols.summarize(sums, base.info.class_names)
+
+
+def tiny_folder_config(data_dir):
+  config = folder_config(data_dir, prefetch=0)
+  config.model.update(name='small_resnet', width=8)
+  return config
+
+
+@pytest.mark.parametrize('source', ['folder', 'idx'])
+def test_protocols_equal_the_centre_crop_when_the_model_ignores_the_input(source, folder_dataset,
+                                                                          tmp_path):
+  if source == 'folder':   # views made on the host by grain
+    config = tiny_folder_config(folder_dataset)
+  else:                    # Fashion-MNIST-like 28x28 on the devices: views made there
+    config = tiny_folder_config(write_idx_dataset(tmp_path, num_train=8, num_test=20))
+    config.data.update(source='idx', eval_split='test', image_size=28, eval_resize=0,
+                       augment='none', device_resident=True)
+  config.eval.scales = (12, 20)
+  results = {}
+  for protocol in ('center_crop', 'ten_crop', 'multi_scale'):
+    config.eval.protocol = protocol
+    results[protocol] = protocol_results(config)
+  centre = results['center_crop']
+  n = centre['num_examples']
+  counts = np.array([c['count'] for c in centre['per_class']])
+  assert counts.sum() == n == (sum(CLASSES.values()) - 6 if source == 'folder' else 20)
+  assert np.array(centre['confusion_matrix']).sum() == n
+  last = len(counts) - 1   # every example is predicted as the last class
+  assert np.array(centre['confusion_matrix'])[:, last].sum() == n
+  assert centre['eval/top1'] == pytest.approx(counts[last] / n)
+  for other in (results['ten_crop'], results['multi_scale']):
+    assert other.keys() == centre.keys()
+    assert other['confusion_matrix'] == centre['confusion_matrix']
+    for key in ('eval/loss', 'eval/top1', 'eval/top5'):
+      assert other[key] == pytest.approx(centre[key], rel=1e-5)
+
+
+def test_eval_mode_writes_metrics_per_class_and_the_confusion_png(folder_dataset, tmp_path):
+  config = tiny_folder_config(folder_dataset)
+  config.eval.protocol = 'ten_crop'
+  trainer, _, _ = create_trainer(config, train=False)
+  ckpt = Checkpointer(tmp_path)
+  ckpt.save(1, random_state(trainer), None, config)
+  ckpt.wait()
+  ckpt.close()
+  results = evaluate_workdir(config, tmp_path)
+  saved = json.loads((tmp_path / 'eval_latest_1.json').read_text())
+  assert saved['protocol'] == 'ten_crop' and saved['step'] == 1
+  assert saved['eval/top1'] == pytest.approx(results['eval/top1'])
+  n = saved['num_examples']
+  confusion = np.array(saved['confusion_matrix'])
+  assert confusion.shape == (3, 3) and confusion.sum() == n == 6
+  per_class = saved['per_class']
+  assert [c['class'] for c in per_class] == saved['class_names'] == list(CLASSES)
+  val_counts = json.loads((folder_dataset / 'dataset.json').read_text())['splits']['val']
+  assert ([c['count'] for c in per_class] == confusion.sum(axis=1).tolist()
+          == list(val_counts['class_counts'].values()))
+  weighted = sum(c['top1'] * c['count'] for c in per_class) / n
+  assert weighted == pytest.approx(saved['eval/top1'])
+  assert np.trace(confusion) / n == pytest.approx(saved['eval/top1'])
+  png = tmp_path / 'plots' / 'confusion_latest_1.png'
+  assert png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
