@@ -1,0 +1,72 @@
+"""`python -m resnet_jax.predict` on a run trained for two steps on a generated image folder."""
+
+import json
+
+import pytest
+
+from resnet_jax import predict
+from resnet_jax.data.prepare import prepare
+from resnet_jax.train.loop import train_and_evaluate
+from tests.data_builders import folder_config, write_image_folder
+
+CLASSES = {'good': 6, 'hole': 4}
+
+
+@pytest.fixture(scope='module')
+def run(tmp_path_factory):
+  """(workdir, folder of images to predict with one corrupt file) after two training steps."""
+  root = write_image_folder(tmp_path_factory.mktemp('images'), CLASSES, size=(40, 30))
+  data = tmp_path_factory.mktemp('prepared')
+  prepare(root, data, val_fraction=0.2, workers=0)
+  config = folder_config(data, prefetch=0)
+  config.model.update(name='small_resnet', width=8)
+  config.update(num_steps=2, log_every_steps=1)
+  workdir = tmp_path_factory.mktemp('run')
+  train_and_evaluate(config, workdir)
+  (root / 'train' / 'hole' / 'corrupt.jpg').write_bytes(b'\xff\xd8 not really a jpeg')
+  return workdir, root / 'train'
+
+
+def test_predicts_the_readable_files_and_reports_the_corrupt_one(run, capsys):
+  workdir, images = run
+  code = predict.main([f'--workdir={workdir}', str(images), '--json', '--good_class=good'])
+  out, err = capsys.readouterr()
+  lines = [json.loads(line) for line in out.splitlines()]
+  assert code == 0
+  assert len(lines) == sum(CLASSES.values()) + 1
+  bad = [r for r in lines if 'error' in r]
+  assert [r['file'] for r in bad] == [str(images / 'hole' / 'corrupt.jpg')]
+  assert 'corrupt.jpg' in err and 'not a readable image' in err
+  for r in lines:
+    if 'error' in r:
+      continue
+    probs = [t['probability'] for t in r['top']]
+    assert [t['class'] for t in r['top']] in (['good', 'hole'], ['hole', 'good'])
+    assert probs == sorted(probs, reverse=True) and sum(probs) == pytest.approx(1, abs=1e-5)
+    assert r['flagged'] == (r['top'][0]['class'] != 'good')
+  flagged = sum(r.get('flagged', False) for r in lines)
+  assert f'{len(lines) - 1} of {len(lines)} images predicted, {flagged} flagged' in err
+
+
+def test_text_output_top_k_and_flags(run, capsys):
+  workdir, images = run
+  predictor = predict.Predictor(workdir)
+  files = predict.find_images([images / 'good'])
+  results = list(predict.predict(predictor, files, top_k=1, good_class='hole'))
+  assert len(results) == CLASSES['good'] and all(len(r['top']) == 1 for r in results)
+  assert all(r['flagged'] == (r['top'][0]['class'] == 'good') for r in results)
+  line = predict.format_text(dict(results[0], flagged=True))
+  assert line.startswith(f"{files[0]}: {results[0]['top'][0]['class']} ") and line.endswith('FLAGGED')
+
+
+def test_unknown_good_class_lists_the_classes(run):
+  workdir, images = run
+  predictor = predict.Predictor(workdir)
+  with pytest.raises(ValueError, match="'ok' is not a class.*good, hole"):
+    list(predict.predict(predictor, [images / 'good' / '0.jpg'], top_k=5, good_class='ok'))
+
+
+def test_nothing_predicted_exits_non_zero(run, capsys):
+  workdir, images = run
+  assert predict.main([f'--workdir={workdir}', str(images / 'hole' / 'corrupt.jpg')]) == 1
+  assert 'corrupt.jpg' in capsys.readouterr().err
