@@ -122,6 +122,16 @@ def test_every_epoch_is_a_new_permutation_of_the_split(tmp_path, devices):
   assert not np.array_equal(epochs[0], epochs[1])
 
 
+def test_epoch_shuffle_permutes_its_shard_anew_each_epoch():
+  shard = range(1, 40, 3)
+  ds = grain_loader.EpochShuffle(shard, seed=7)
+  epochs = [[ds[e * len(shard) + k] for k in range(len(shard))] for e in range(3)]
+  assert all(sorted(epoch) == list(shard) for epoch in epochs)
+  assert epochs[0] != epochs[1] != epochs[2]
+  assert [grain_loader.EpochShuffle(shard, seed=7)[k] for k in range(30)] == sum(epochs, [])[:30]
+  assert list(ds[2:5]) == epochs[0][2:5]
+
+
 @pytest.mark.parametrize('process_count', [2, 3])
 def test_process_shards_are_disjoint_and_cover_the_split(process_count):
   split = index_split(48)

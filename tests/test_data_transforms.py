@@ -114,6 +114,19 @@ def test_crop_then_resize_equals_resize_then_crop():
   assert np.abs(ours.astype(int) - reference).mean() < 3
 
 
+@pytest.mark.parametrize('mode', ['RGB', 'L'])
+@pytest.mark.parametrize('box, size', [((10.5, 20.25, 310.0, 250.75), 224),   # shrink ~1.3
+                                       ((100.0, 50.0, 150.0, 90.0), 224),     # enlarge ~4.5
+                                       ((0.0, 0.0, 400.0, 300.0), 32),        # shrink 9-12
+                                       ((399.0, 299.0, 400.0, 300.0), 3)])    # one pixel
+def test_resize_box_matches_pil_bilinear(mode, box, size):
+  image = Image.fromarray(rgb_image(400, 300)).convert(mode)
+  ours = np.asarray(transforms.resize_box(image, box, size), int)
+  reference = np.asarray(image.resize((size, size), Image.BILINEAR, box=box), int)
+  assert ours.shape == reference.shape
+  assert np.abs(ours - reference).max() <= 1
+
+
 def test_large_jpeg_is_drafted_and_matches_the_full_decode():
   big = Image.fromarray(rgb_image(64, 48)).resize((1600, 1200), Image.BICUBIC)
   data = encode(big, 'JPEG', quality=95)

@@ -2,23 +2,26 @@
 
 ImageNet-style crops are planned on the image header first (a box in source pixels), then the
 image is decoded (a JPEG at a reduced scale where the box allows it) and only the box is resized:
-one resample instead of resize-everything-then-crop, which gives the same pixels.
+one resample instead of resize-everything-then-crop, which gives the same pixels. The resample is
+PIL's antialiased bilinear filter (support widened by the shrink factor), computed with SIMD by
+fast_image_resize (the cykooz-resizer wheel): within 1 of PIL's values in a third of the time.
 """
 
 import dataclasses
 import math
+import threading
 
 import ml_collections
 import numpy as np
+from cykooz_resizer import CropBox, FilterType, ResizeAlg, ResizeOptions, Resizer
 from PIL import Image
 
 from resnet_jax.data.decode import as_array, decode_array, load_pixels, open_image
 
 AUGMENTS = ('imagenet_scale', 'inception_crop', 'cifar', 'none')
 Box = tuple[float, float, float, float]   # (left, upper, right, lower) in source pixels
-# Large reductions (e.g. of big PNGs) first average whole pixel blocks, then resample the rest:
-# much faster, and PIL documents the result as indistinguishable at a gap of 3.
-_REDUCING_GAP = 3.0
+_BILINEAR = ResizeAlg.convolution(FilterType.bilinear)
+_resizers = threading.local()   # a Resizer keeps scratch buffers: one per thread
 
 
 def scale_augment_box(width: int, height: int, rng: np.random.Generator, *, size: int,
@@ -78,13 +81,23 @@ def crop_resize(image: Image.Image, box: Box, size: int, channels: int, key: str
   pixels = load_pixels(image, channels, key,
                        draft_size=(math.ceil(width / shrink), math.ceil(height / shrink)))
   sx, sy = pixels.width / width, pixels.height / height   # < 1 when JPEG draft scaled down
-  box = (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
-  pixels = pixels.resize((size, size), Image.BILINEAR, box=box, reducing_gap=_REDUCING_GAP)
+  pixels = resize_box(pixels, (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy), size)
   if flips[0]:
     pixels = pixels.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
   if flips[1]:
     pixels = pixels.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
   return as_array(pixels)
+
+
+def resize_box(image: Image.Image, box: Box, size: int) -> Image.Image:
+  """The `box` region of a loaded 'RGB' or 'L' image resized to size x size, antialiased."""
+  if not hasattr(_resizers, 'resizer'):
+    _resizers.resizer = Resizer()
+  left, upper = max(0.0, box[0]), max(0.0, box[1])
+  crop = CropBox(left, upper, min(box[2], image.width) - left, min(box[3], image.height) - upper)
+  out = Image.new(image.mode, (size, size))
+  _resizers.resizer.resize_pil(image, out, ResizeOptions(_BILINEAR, crop_box=crop))
+  return out
 
 
 def pad_crop(image: np.ndarray, rng: np.random.Generator, *, size: int, pad: int) -> np.ndarray:
