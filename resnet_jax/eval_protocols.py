@@ -114,8 +114,8 @@ def device_views(images: jax.Array, protocol: Protocol) -> tuple[jax.Array, ...]
   for (left, upper, right, lower), side, flip in protocol.views(w, h):
     sy, sx = side / (lower - upper), side / (right - left)
     view = jax.image.scale_and_translate(
-        pixels, (b, side, side, c), (1, 2), jnp.array([sy, sx]), jnp.array([-upper * sy, -left * sx]),
-        method='linear', antialias=True)
+        pixels, (b, side, side, c), (1, 2), jnp.array([sy, sx]),
+        jnp.array([-upper * sy, -left * sx]), method='linear', antialias=True)
     view = jnp.clip(jnp.round(view), 0, 255).astype(jnp.uint8)
     views.append(view[:, :, ::-1] if flip else view)
   return tuple(views)
@@ -189,7 +189,8 @@ def device_view_input(base: EvalInput, protocol: Protocol) -> EvalInput:
 def protocol_input(config: ml_collections.ConfigDict, mesh: Mesh, base: EvalInput) -> EvalInput:
   """The eval input of `config.eval.protocol`, given the config's usual eval input `base`."""
   protocol = Protocol.from_config(config)
-  if protocol.protocol == 'center_crop' or config.data.source == 'fake' or config.data.device_resident:
+  on_device = config.data.source == 'fake' or config.data.device_resident
+  if protocol.protocol == 'center_crop' or on_device:
     return device_view_input(base, protocol)
   return host_view_input(config, mesh, protocol)
 

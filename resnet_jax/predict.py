@@ -93,7 +93,8 @@ class Predictor:
     workdir = Path(workdir)
     config_file = workdir / 'config.json'
     if not config_file.is_file():
-      raise FileNotFoundError(f'{config_file} not found: --workdir must be a training run directory')
+      raise FileNotFoundError(f'{config_file} not found: --workdir must be a training run '
+                              'directory')
     if not (workdir / CHECKPOINT_DIR).is_dir():
       raise FileNotFoundError(f'{workdir / CHECKPOINT_DIR} not found: the run has no checkpoint')
     self.config = config = ml_collections.ConfigDict(json.loads(config_file.read_text()))
@@ -145,7 +146,9 @@ def predict(predictor: Predictor, files: Sequence[Path], *, top_k: int,
       images[i] = predictor.preprocess(path)
     except (OSError, BadImageError) as e:
       errors[i] = str(e)
-  probs = dict(zip(images, predictor.probabilities(np.stack(list(images.values()))))) if images else {}
+  probs = {}
+  if images:
+    probs = dict(zip(images, predictor.probabilities(np.stack(list(images.values())))))
   for i, path in enumerate(files):
     if i in errors:
       yield {'file': str(path), 'error': errors[i]}

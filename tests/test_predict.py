@@ -56,7 +56,8 @@ def test_text_output_top_k_and_flags(run, capsys):
   assert len(results) == CLASSES['good'] and all(len(r['top']) == 1 for r in results)
   assert all(r['flagged'] == (r['top'][0]['class'] == 'good') for r in results)
   line = predict.format_text(dict(results[0], flagged=True))
-  assert line.startswith(f"{files[0]}: {results[0]['top'][0]['class']} ") and line.endswith('FLAGGED')
+  assert line.startswith(f"{files[0]}: {results[0]['top'][0]['class']} ")
+  assert line.endswith('FLAGGED')
 
 
 def test_unknown_good_class_lists_the_classes(run):
