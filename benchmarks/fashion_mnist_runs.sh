@@ -34,6 +34,7 @@ timed() {   # name, args...: one run alone, with its process wall time
 sweep_commands() {   # sweep config: its per-point commands, with this data dir and python3
   python3 -m resnet_jax.sweep --config="$1" --workdir="$out/$(basename "${1%%.py*}")" \
     --print-commands --set=data.data_dir="$data" --set=checkpoint_every_steps=1000000 \
+    --set=num_epochs="${SWEEP_EPOCHS:-30}" \
     | sed 's/^python /python3 /'
 }
 
@@ -50,11 +51,12 @@ for part in $parts; do
         timed fast_w32_e15_autotune1 "${fast[@]}" "${at_end[@]}" --config.model.width=32 \
         --config.num_epochs=15 ;;
     best)
-      for spec in "resnet20 40" "resnet44 24"; do
+      for spec in ${BEST_MODELS:-"resnet20:40" "resnet44:24"}; do
+        spec=${spec/:/ }
         set -- $spec
         echo "python3 -m resnet_jax.main --config=configs/fashion_mnist.py:$1" \
           "--config.data.data_dir=$data --workdir=$out/best_$1_w$2 ${best[*]}" \
-          "--config.model.width=$2 --config.num_epochs=60" >>"$jobs_file"
+          "--config.model.width=$2 --config.num_epochs=${BEST_EPOCHS:-60}" >>"$jobs_file"
       done ;;
     degradation)
       sweep_commands configs/ablations/degradation.py:fashion_mnist | grep -E 'cifar_(plain|resnet)(20|56)' >>"$jobs_file" ;;
