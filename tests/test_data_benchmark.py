@@ -13,4 +13,7 @@ def test_benchmark_cli_on_generated_jpegs(capsys):
   assert result['images_per_sec'] > 0 and result['images_per_sec_one_core'] > 0
   assert result['num_images'] == 8 and result['mean_source_size'] == [500, 375]
   assert result['augment'] == 'inception_crop' and result['workers'] == 0
+  assert list(result['stage_ms']) == ['read record', 'read header', 'plan crop', 'decode',
+                                      'resize', 'flip, to array', 'stack batch']
+  assert all(ms > 0 for ms in result['stage_ms'].values())
   assert 'images/s' in lines[0] + lines[1]

@@ -5,12 +5,13 @@
 
 Reads a prepared dataset (DIR with dataset.json), or an image folder ROOT/train/<class>/ that it
 prepares first, or (no --folder) N generated JPEGs of ImageNet-like size (500x375, quality 90).
-Measures (1) one core: the per-example work in this thread, no grain; (2) the grain pipeline
-with K worker processes producing uint8 batches [B, 224, 224, 3], after warm-up batches. Prints
-a summary and one JSON line.
+Measures (1) one core: the per-example work in this thread, no grain, and the time of each of its
+stages; (2) the grain pipeline with K worker processes producing uint8 batches
+[B, 224, 224, 3], after warm-up batches. Prints a summary and one JSON line.
 """
 
 import argparse
+import collections
 import io
 import json
 import os
@@ -26,9 +27,11 @@ import PIL
 from PIL import Image
 
 from resnet_jax.data import folder_format, grain_loader
+from resnet_jax.data.decode import open_image
 from resnet_jax.data.folder_source import load_folder_split
 from resnet_jax.data.prepare import prepare
-from resnet_jax.data.transforms import ImageTransform
+from resnet_jax.data.transforms import (ImageTransform, decode_for_box, flipped_array,
+                                        random_flips, resize_box)
 
 
 def generate_jpegs(root: Path, num_images: int, *, size: tuple[int, int] = (500, 375),
@@ -52,6 +55,41 @@ def one_core_rate(load: grain_loader.LoadExample, num_examples: int) -> float:
   for i in range(num_examples):
     load(i % len(load.records), rng)
   return num_examples / (time.process_time() - start)
+
+
+def stage_times(load: grain_loader.LoadExample, num_examples: int) -> dict[str, float]:
+  """Wall-clock ms per example of each stage of the train transform, in this thread."""
+  t = load.transform
+  rng = np.random.default_rng(0)
+  totals = collections.Counter()
+  clock = 0.0
+
+  def lap(stage: str) -> None:
+    nonlocal clock
+    now = time.perf_counter()
+    totals[stage] += now - clock
+    clock = now
+
+  arrays = []
+  for i in range(num_examples):
+    clock = time.perf_counter()
+    record = load.records[i % len(load.records)]
+    lap('read record')
+    header = open_image(record['image'], record['key'])
+    lap('read header')
+    box = t.train_box(*header.size, rng)
+    flips = random_flips(rng, hflip=t.hflip, vflip=t.vflip)
+    lap('plan crop')
+    pixels, box = decode_for_box(header, box, t.size, t.channels, record['key'])
+    lap('decode')
+    image = resize_box(pixels, box, t.size)
+    lap('resize')
+    arrays.append(flipped_array(image, flips))
+    lap('flip, to array')
+  start = time.perf_counter()
+  np.stack(arrays)
+  totals['stack batch'] = time.perf_counter() - start
+  return {stage: seconds / num_examples * 1e3 for stage, seconds in totals.items()}
 
 
 def pipeline_rate(load: grain_loader.LoadExample, *, workers: int, batch_size: int, steps: int,
@@ -89,12 +127,14 @@ def run(folder: str | None, *, generate: int, workers: int, batch_size: int, ste
     sample = [split.records[i]['image'] for i in range(min(len(split), 200))]
     sizes = [Image.open(io.BytesIO(b)).size for b in sample]
     one_core = one_core_rate(load, min(len(split), 500))
+    stages = stage_times(load, min(len(split), 200))
     rate, rates = pipeline_rate(load, workers=workers, batch_size=batch_size, steps=steps,
                                 warmup=warmup)
   return {
       'images_per_sec': rate,
       'images_per_sec_median_batch': statistics.median(rates),
       'images_per_sec_one_core': one_core,
+      'stage_ms': stages,
       'workers': workers, 'batch_size': batch_size, 'steps': steps, 'augment': augment,
       'image_size': image_size, 'num_images': len(split),
       'mean_source_size': [round(float(np.mean([s[0] for s in sizes]))),
@@ -121,10 +161,12 @@ def main(argv: list[str] | None = None) -> None:
   args = p.parse_args(argv)
   r = run(args.folder, generate=args.generate, workers=args.workers, batch_size=args.batch_size,
           steps=args.steps, warmup=args.warmup, augment=args.augment, image_size=args.image_size)
+  stages = ', '.join(f'{name} {ms:.3f}' for name, ms in r['stage_ms'].items())
   print(f"{r['augment']} -> uint8 {r['image_size']}x{r['image_size']}, batch {r['batch_size']}, "
         f"{r['num_images']} JPEGs of about {r['mean_source_size'][0]}x{r['mean_source_size'][1]} "
         f"({r['mean_file_kb']:.0f} KiB)\n"
         f"  one core (this thread, no grain): {r['images_per_sec_one_core']:,.0f} images/s\n"
+        f"  ms per image, by stage (this thread): {stages}\n"
         f"  grain, {r['workers']} worker(s): {r['images_per_sec']:,.0f} images/s "
         f"(median batch {r['images_per_sec_median_batch']:,.0f}) on {r['cpu_count']} CPUs\n"
         f"  python {r['python']}, pillow {r['pillow']}, grain {r['grain']}")

@@ -75,18 +75,31 @@ def center_crop_box(width: int, height: int, *, size: int, resize: int = 0) -> B
 def crop_resize(image: Image.Image, box: Box, size: int, channels: int, key: str,
                 flips: tuple[bool, bool] = (False, False)) -> np.ndarray:
   """Decodes `image` (opened, not loaded), resizes the `box` region to size x size and applies
-  the (horizontal, vertical) `flips` (in PIL: a flipped numpy view would make batching slow)."""
+  the (horizontal, vertical) `flips`."""
+  pixels, box = decode_for_box(image, box, size, channels, key)
+  return flipped_array(resize_box(pixels, box, size), flips)
+
+
+def decode_for_box(image: Image.Image, box: Box, size: int, channels: int,
+                   key: str) -> tuple[Image.Image, Box]:
+  """The pixels of `image`, a JPEG at the smallest scale that keeps the `box` at least size x size,
+  and the box in those pixels."""
   width, height = image.size
   shrink = max(1.0, min(box[2] - box[0], box[3] - box[1]) / size)
   pixels = load_pixels(image, channels, key,
                        draft_size=(math.ceil(width / shrink), math.ceil(height / shrink)))
   sx, sy = pixels.width / width, pixels.height / height   # < 1 when JPEG draft scaled down
-  pixels = resize_box(pixels, (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy), size)
+  return pixels, (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
+
+
+def flipped_array(image: Image.Image, flips: tuple[bool, bool]) -> np.ndarray:
+  """uint8 [H, W, C] of `image` flipped (horizontal, vertical), flipped in PIL: a flipped numpy
+  view would make batching slow."""
   if flips[0]:
-    pixels = pixels.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
   if flips[1]:
-    pixels = pixels.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
-  return as_array(pixels)
+    image = image.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
+  return as_array(image)
 
 
 def resize_box(image: Image.Image, box: Box, size: int) -> Image.Image:
@@ -154,12 +167,14 @@ class ImageTransform:
       image = pad_crop(decode_array(data, self.channels, key), rng, size=self.size, pad=self.pad)
       return flip(image, random_flips(rng, hflip=self.hflip, vflip=self.vflip))
     header = open_image(data, key)
-    if self.augment == 'imagenet_scale':
-      box = scale_augment_box(*header.size, rng, size=self.size, scale_range=self.scale_range)
-    else:
-      box = inception_crop_box(*header.size, rng)
-    return crop_resize(header, box, self.size, self.channels, key,
+    return crop_resize(header, self.train_box(*header.size, rng), self.size, self.channels, key,
                        random_flips(rng, hflip=self.hflip, vflip=self.vflip))
+
+  def train_box(self, width: int, height: int, rng: np.random.Generator) -> Box:
+    """The random crop of the 'imagenet_scale' or 'inception_crop' augmentation."""
+    if self.augment == 'imagenet_scale':
+      return scale_augment_box(width, height, rng, size=self.size, scale_range=self.scale_range)
+    return inception_crop_box(width, height, rng)
 
   def eval(self, data: bytes | np.ndarray, key: str) -> np.ndarray:
     header = open_image(data, key)
