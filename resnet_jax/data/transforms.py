@@ -93,8 +93,8 @@ def decode_for_box(image: Image.Image, box: Box, size: int, channels: int,
 
 
 def flipped_array(image: Image.Image, flips: tuple[bool, bool]) -> np.ndarray:
-  """uint8 [H, W, C] of `image` flipped (horizontal, vertical), flipped in PIL: a flipped numpy
-  view would make batching slow."""
+  """uint8 [H, W, C] of `image` with the (horizontal, vertical) `flips` done in PIL (a flipped
+  numpy view would make batching slow)."""
   if flips[0]:
     image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
   if flips[1]:
