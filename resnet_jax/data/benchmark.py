@@ -135,7 +135,8 @@ def run(folder: str | None, *, generate: int, workers: int, batch_size: int, ste
       'images_per_sec_median_batch': statistics.median(rates),
       'images_per_sec_one_core': one_core,
       'stage_ms': stages,
-      'workers': workers, 'batch_size': batch_size, 'steps': steps, 'augment': augment,
+      'workers': workers, 'batch_size': batch_size, 'steps': steps, 'warmup': warmup,
+      'augment': augment,
       'image_size': image_size, 'num_images': len(split),
       'mean_source_size': [round(float(np.mean([s[0] for s in sizes]))),
                            round(float(np.mean([s[1] for s in sizes])))],
@@ -153,14 +154,18 @@ def main(argv: list[str] | None = None) -> None:
   p.add_argument('--generate', type=int, default=512, help='JPEGs to generate without --folder')
   p.add_argument('--workers', type=int, default=1, help='grain worker processes (0: in-process)')
   p.add_argument('--batch-size', type=int, default=64)
-  p.add_argument('--steps', type=int, default=20, help='timed batches')
-  p.add_argument('--warmup', type=int, default=3, help='untimed batches (worker start-up)')
+  p.add_argument('--steps', type=int, default=20,
+                 help='timed batches; a multiple of --workers, who deliver batches in rounds')
+  p.add_argument('--warmup', type=int,
+                 help='untimed batches (worker start-up); default: whole rounds, at least 3')
   p.add_argument('--augment', default='imagenet_scale', choices=('imagenet_scale',
                                                                   'inception_crop'))
   p.add_argument('--image-size', type=int, default=224)
   args = p.parse_args(argv)
+  round_size = max(args.workers, 1)
+  warmup = args.warmup if args.warmup is not None else -(-3 // round_size) * round_size
   r = run(args.folder, generate=args.generate, workers=args.workers, batch_size=args.batch_size,
-          steps=args.steps, warmup=args.warmup, augment=args.augment, image_size=args.image_size)
+          steps=args.steps, warmup=warmup, augment=args.augment, image_size=args.image_size)
   stages = ', '.join(f'{name} {ms:.3f}' for name, ms in r['stage_ms'].items())
   print(f"{r['augment']} -> uint8 {r['image_size']}x{r['image_size']}, batch {r['batch_size']}, "
         f"{r['num_images']} JPEGs of about {r['mean_source_size'][0]}x{r['mean_source_size'][1]} "
