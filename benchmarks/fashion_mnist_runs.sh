@@ -67,6 +67,7 @@ for part in $parts; do
 done
 run_job() {   # one command line; its log goes next to its workdir
   local workdir=${1##*--workdir=}
+  mkdir -p "$(dirname "${workdir%% *}")"
   timeout "${JOB_TIMEOUT:-480}" bash -c "$1" >"${workdir%% *}.log" 2>&1
 }
 if [ -s "$jobs_file" ]; then   # several runs share the GPU; each keeps a small memory pool
