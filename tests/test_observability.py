@@ -411,3 +411,22 @@ def test_profiler_traces_the_range(tmp_path):
   p.close()
   assert started == [False, True, True, False, False]
   assert any(f.is_file() for f in (tmp_path / 'profile').rglob('*'))
+
+
+@pytest.mark.parametrize('kernel, category', [
+    ('sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc', 'conv forward'),
+    ('sm90_xmma_dgrad_implicit_gemm_bf16bf16', 'conv data-grad'),
+    ('sm90_xmma_wgrad_indexed_implicit_gemm_bf16', 'conv weight-grad'),
+    ('nvjet_sm90_tst_256x128_64x4_1x2_h_bx_coopA_bias_TNT', 'GEMM (1x1 convs, dense)'),
+    ('input_reduce_fusion_72', 'reduction fusions (BN statistics)'),
+    ('loop_convert_fusion_2', 'elementwise fusions'),      # 'convert' is not a conv
+    ('input_scatter_fusion', 'max-pool, scatter'),
+    ('memcpy32_post', 'copies and transposes'),
+])
+def test_kernel_categories_come_from_kernel_names(kernel, category):
+  assert profiling.kernel_category(kernel) == category
+
+
+def test_kernel_breakdown_needs_a_trace(tmp_path):
+  with pytest.raises(FileNotFoundError, match='xplane'):
+    profiling.kernel_breakdown(tmp_path, num_steps=1, step_ms=1.0)
