@@ -4,7 +4,8 @@ A sweep config file is an ordinary config file (its `get_config(arg)` gives the 
 also defines `get_sweep(arg) -> list[dict]`: one dict of config overrides per grid point, e.g.
 `{'model.name': 'cifar_plain20'}`. Each point trains in `DIR/<point name>`, one after another on
 the local devices; a point whose run finished is not run again, a point that was interrupted
-resumes from its checkpoint. `--print-commands` prints one `resnet_jax.main` command per point
+resumes from its checkpoint, a preempted point (SIGTERM) stops the sweep, and a point whose loss
+turns non-finite fails without stopping the others (exit status 1, naming it). `--print-commands` prints one `resnet_jax.main` command per point
 instead, for a cluster scheduler. At the end the report (overlay figure and table) of all
 finished points is written into DIR.
 """
@@ -40,7 +41,8 @@ def load_sweep(spec: str) -> tuple[ml_collections.ConfigDict, list[dict[str, Any
 
 
 def point_name(overrides: dict[str, Any]) -> str:
-  """A readable, filesystem-safe name: 'model.name=cifar_plain20,model.shortcut=A' -> ..."""
+  """A readable, filesystem-safe name: {'model.name': 'cifar_resnet20', 'model.shortcut': 'A'} ->
+  'name-cifar_resnet20_shortcut-A'."""
   parts = [f'{k.split(".")[-1]}-{v}' for k, v in overrides.items()]
   return '_'.join(parts).replace('/', '-').replace(' ', '') or 'base'
 
@@ -85,12 +87,21 @@ def command_for(spec: str, workdir: Path, overrides: dict[str, Any]) -> str:
   return ' '.join(shlex.quote(a) for a in args)
 
 
+class SweepError(RuntimeError):
+  """Some points failed (non-finite loss); the message names them."""
+
+
 def run_sweep(spec: str, workdir: str | Path, extra: dict[str, Any] | None = None,
               print_commands: bool = False) -> list[Path]:
-  """Runs (or prints) every point; returns the sub-workdirs."""
+  """Runs (or prints) every point; returns the sub-workdirs.
+
+  A point whose loss turns non-finite fails without stopping the others; SweepError names the
+  failed points after the report is written. A preempted point (SIGTERM) stops the sweep at once,
+  with its checkpoint saved: the same command resumes it.
+  """
   base, grid = load_sweep(spec)
   workdir = Path(workdir)
-  runs = []
+  runs, failed = [], []
   for overrides in grid:
     overrides = {**overrides, **(extra or {})}
     sub = workdir / point_name({k: v for k, v in overrides.items() if k not in (extra or {})})
@@ -103,12 +114,23 @@ def run_sweep(spec: str, workdir: str | Path, extra: dict[str, Any] | None = Non
       continue
     print(f'{sub.name}: training', flush=True)
     from resnet_jax.train.loop import train_and_evaluate
-    train_and_evaluate(apply_overrides(base, overrides), sub)
+    try:
+      summary = train_and_evaluate(apply_overrides(base, overrides), sub)
+    except FloatingPointError as e:
+      print(f'{sub.name}: failed: {e}', file=sys.stderr, flush=True)
+      failed.append(sub.name)
+      continue
+    if summary['preempted']:
+      print(f'{sub.name}: preempted, checkpoint saved; the same command resumes the sweep',
+            flush=True)
+      return runs
   if not print_commands:
     from resnet_jax.report import write_report
     finished = [r for r in runs if is_finished(r)]
     png, md = write_report(finished, workdir)
     print(f'report: {png}, {md}')
+  if failed:
+    raise SweepError(f'{len(failed)} point(s) failed: {", ".join(failed)}')
   return runs
 
 
@@ -117,7 +139,7 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   try:
     run_sweep(_CONFIG.value, _WORKDIR.value, parse_set(_SET.value), _PRINT.value)
-  except (ValueError, KeyError, OSError) as e:
+  except (ValueError, KeyError, OSError, SweepError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
   return 0

@@ -12,7 +12,8 @@ from resnet_jax.recipes import load_recipe
 
 
 def get_config(arg=None):
-  del arg
+  if arg:
+    raise ValueError(f'no variants: this sweep is the paper\'s recipe (got {arg!r})')
   return load_recipe('imagenet:resnet18')
 
 
