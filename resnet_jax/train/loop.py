@@ -64,7 +64,7 @@ class Trainer:
                              image_shape=tuple(image_shape), ema=config.optimizer.ema_decay > 0)
     abstract = jax.eval_shape(init, jax.random.PRNGKey(config.seed))
     self.state_sharding = jax.tree.map(lambda _: parallel.replicated(mesh), abstract)
-    self._init = jax.jit(init, out_shardings=self.state_sharding)
+    self.init = jax.jit(init, out_shardings=self.state_sharding)   # PRNG key -> state
     batch = parallel.batch_sharding(mesh)
     self.train_step = jax.jit(
         functools.partial(train_step, model=self.model, tx=self.tx, schedule=self.schedule,
@@ -78,7 +78,7 @@ class Trainer:
         out_shardings=parallel.replicated(mesh))
 
   def init_state(self) -> TrainState:
-    return self._init(jax.random.PRNGKey(self.config.seed))
+    return self.init(jax.random.PRNGKey(self.config.seed))
 
   def evaluate(self, state: TrainState, eval_input: Iterable) -> dict[str, float]:
     """One pass over the eval split; every example counted exactly once."""

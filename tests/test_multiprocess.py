@@ -1,0 +1,133 @@
+"""Two processes of 4 simulated CPU devices each train like one process of 8 devices.
+
+Both processes run the real entry point (`python -m resnet_jax.main` with a coordinator) on one
+shared workdir, each reading its own shard of idx files through the grain pipeline. The test
+process (8 devices) then trains on the same global batches, the two shards side by side, and
+compares its state with the checkpoint the two processes wrote together.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from resnet_jax import data, parallel
+from resnet_jax.checkpoint import Checkpointer
+from resnet_jax.data import grain_loader
+from resnet_jax.data.global_batches import to_global
+from resnet_jax.data.sources import load_split
+from resnet_jax.data.transforms import ImageTransform
+from resnet_jax.train.loop import Trainer
+from resnet_jax.writers import METRICS_FILE
+from tests import multiprocess_config
+from tests.helpers import write_idx_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG_FILE = Path(multiprocess_config.__file__).relative_to(ROOT)
+NUM_PROCESSES = 2
+DEVICES_PER_PROCESS = 4
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+def run_processes(workdir: Path, data_dir: Path, num_steps: int, cache_dir: Path) -> list[str]:
+  """Runs the job as NUM_PROCESSES processes; returns the output of each.
+
+  Compiled programs are cached in `cache_dir` and LLVM optimisation is off: the test's time goes
+  to compiling on a small CPU, and neither changes what is computed beyond rounding.
+  """
+  env = dict(os.environ, JAX_PLATFORMS='cpu', JAX_CPU_COLLECTIVES_IMPLEMENTATION='gloo',
+             XLA_FLAGS=f'--xla_force_host_platform_device_count={DEVICES_PER_PROCESS} '
+                       '--xla_backend_optimization_level=0',
+             JAX_COMPILATION_CACHE_DIR=str(cache_dir),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
+  port = free_port()
+  procs = [subprocess.Popen(
+      [sys.executable, '-m', 'resnet_jax.main', f'--config={CONFIG_FILE}', f'--workdir={workdir}',
+       f'--config.data.data_dir={data_dir}', f'--config.num_steps={num_steps}',
+       f'--coordinator_address=localhost:{port}', f'--num_processes={NUM_PROCESSES}',
+       f'--process_id={i}', '--distributed_timeout=60'],
+      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+      for i in range(NUM_PROCESSES)]
+  outputs = []
+  try:
+    for i, p in enumerate(procs):
+      out, _ = p.communicate(timeout=120)
+      assert p.returncode == 0, f'process {i} failed:\n{out[-4000:]}'
+      outputs.append(out)
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  return outputs
+
+
+def compile_unoptimised(jitted, *args):
+  """`jitted` compiled for `args` as the processes compile it: without LLVM optimisation."""
+  return jitted.lower(*args).compile({'xla_backend_optimization_level': 0})
+
+
+def reference_state(config, num_steps: int):
+  """`num_steps` steps on 8 local devices, each global batch the two processes' shards stacked."""
+  mesh = parallel.create_mesh()
+  split = load_split(config.data, train=True)
+  local_batch = config.batch_size // NUM_PROCESSES
+  shards = []
+  for p in range(NUM_PROCESSES):
+    load = grain_loader.LoadExample(split.records, ImageTransform.from_config(config.data, 1),
+                                    train=True, skip_bad_images=False)
+    ds, steps_per_epoch = grain_loader.train_dataset(
+        load, seed=config.seed, batch_size=local_batch, process_index=p,
+        process_count=NUM_PROCESSES)
+    shards.append(grain_loader.host_batches(ds))
+  trainer = Trainer(config, mesh, num_classes=10, image_shape=(28, 28, 1),
+                    steps_per_epoch=steps_per_epoch)
+  key = jax.random.PRNGKey(config.seed)
+  state = compile_unoptimised(trainer.init, key)(key)
+  train_step = None
+  for _ in range(num_steps):
+    parts = [next(shard) for shard in shards]
+    batch = to_global({k: np.concatenate([part[k] for part in parts]) for k in parts[0]},
+                      parallel.batch_sharding(mesh), 1)
+    train_step = train_step or compile_unoptimised(trainer.train_step, state, batch)
+    state, _ = train_step(state, batch)
+  return trainer, state
+
+
+def test_two_processes_train_like_one_with_all_devices(tmp_path, devices):
+  data_dir = write_idx_dataset(tmp_path / 'data', num_train=64, num_test=32)
+  workdir = tmp_path / 'run'
+  # Two steps, then a resumed run to step 3: multi-process save and restore on a shared workdir.
+  first = run_processes(workdir, data_dir, num_steps=2, cache_dir=tmp_path / 'cache')
+  second = run_processes(workdir, data_dir, num_steps=3, cache_dir=tmp_path / 'cache')
+
+  # Logs, plots and reports come from process 0 only; metrics.jsonl has each step once.
+  for outputs in (first, second):
+    for report in ('8 x cpu on 2 processes', 'img/s', 'eval/top1', 'finished:'):
+      assert report in outputs[0] and report not in outputs[1], report
+  steps = [json.loads(line)['step'] for line in (workdir / METRICS_FILE).read_text().splitlines()
+           if 'train/loss' in line]
+  assert steps == [1, 2, 3], steps
+  assert len(list(workdir.glob('events.out.tfevents.*'))) == 2   # one writer per run
+  assert (workdir / 'summary.json').exists() and list((workdir / 'plots').glob('*.png'))
+
+  config = multiprocess_config.get_config()
+  config.data.data_dir = str(data_dir)
+  trainer, expected = reference_state(config, num_steps=3)
+  ckpt = Checkpointer(workdir)
+  assert ckpt.all_steps() == [2, 3]
+  restored, data_state = ckpt.restore(expected, config)
+  ckpt.close()
+  assert int(restored.step) == 3 and data_state == {'epoch': 0, 'position': 3}
+  for name in ('params', 'batch_stats', 'opt_state'):
+    got, want = jax.device_get((getattr(restored, name), getattr(expected, name)))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), got, want)
