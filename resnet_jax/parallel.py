@@ -7,6 +7,8 @@ one CPU, eight GPUs or a TPU pod; only the mesh changes.
 """
 
 import os
+import socket
+import time
 from typing import Any
 
 import jax
@@ -82,6 +84,8 @@ def initialize_distributed(coordinator: str = '', num_processes: int = 0, proces
                        '(--num_processes/--process_id or JAX_NUM_PROCESSES/JAX_PROCESS_ID)')
     kwargs = dict(coordinator_address=coordinator, num_processes=num_processes,
                   process_id=process_id)
+    if process_id != 0:   # process 0 starts the coordinator; the others must reach it
+      wait_for_coordinator(coordinator, timeout_s)
   logging.info('jax.distributed.initialize(%s)', kwargs or 'auto-detected cluster')
   try:
     jax.distributed.initialize(initialization_timeout=timeout_s, **kwargs)
@@ -89,3 +93,24 @@ def initialize_distributed(coordinator: str = '', num_processes: int = 0, proces
     where = coordinator or 'the auto-detected coordinator'
     raise ConnectionError(f'could not join the distributed job at {where} within {timeout_s} s: '
                        f'{e}') from e
+
+
+def wait_for_coordinator(address: str, timeout_s: float) -> None:
+  """Returns once `address` (host:port) accepts connections; else ConnectionError naming it.
+
+  JAX aborts the process without a Python error when it cannot reach the coordinator, so the
+  address is checked here first.
+  """
+  host, _, port = address.rpartition(':')
+  if not host or not port.isdigit():
+    raise ValueError(f'the coordinator address must be host:port, not {address!r}')
+  deadline = time.monotonic() + timeout_s
+  while True:
+    try:
+      with socket.create_connection((host.strip('[]'), int(port)), timeout=5):
+        return
+    except OSError as e:
+      if time.monotonic() >= deadline:
+        raise ConnectionError(f'could not reach the coordinator at {address} within {timeout_s} '
+                              f's ({e}); is process 0 running there?') from e
+      time.sleep(0.5)

@@ -11,12 +11,13 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jax
 import numpy as np
 
-from resnet_jax import data, parallel
+from resnet_jax import parallel
 from resnet_jax.checkpoint import Checkpointer
 from resnet_jax.data import grain_loader
 from resnet_jax.data.global_batches import to_global
@@ -131,3 +132,17 @@ def test_two_processes_train_like_one_with_all_devices(tmp_path, devices):
   for name in ('params', 'batch_stats', 'opt_state'):
     got, want = jax.device_get((getattr(restored, name), getattr(expected, name)))
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), got, want)
+
+
+def test_unreachable_coordinator_fails_in_bounded_time_naming_it(tmp_path):
+  address = f'localhost:{free_port()}'   # nobody listens there
+  start = time.monotonic()
+  r = subprocess.run(
+      [sys.executable, '-m', 'resnet_jax.main', f'--config={CONFIG_FILE}', f'--workdir={tmp_path}',
+       f'--coordinator_address={address}', '--num_processes=2', '--process_id=1',
+       '--distributed_timeout=2'],
+      cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS='cpu'), capture_output=True, text=True,
+      timeout=60)
+  assert r.returncode == 1
+  assert f'could not reach the coordinator at {address} within 2 s' in r.stderr
+  assert time.monotonic() - start < 30
