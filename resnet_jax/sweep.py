@@ -5,26 +5,22 @@ also defines `get_sweep(arg) -> list[dict]`: one dict of config overrides per gr
 `{'model.name': 'cifar_plain20'}`. Each point trains in `DIR/<point name>`, one after another on
 the local devices; a point whose run finished is not run again, a point that was interrupted
 resumes from its checkpoint, a preempted point (SIGTERM) stops the sweep, and a point whose loss
-turns non-finite fails without stopping the others (exit status 1, naming it). `--print-commands` prints one `resnet_jax.main` command per point
-instead, for a cluster scheduler. At the end the report (overlay figure and table) of all
-finished points is written into DIR.
+turns non-finite fails without stopping the others (exit status 1, naming it).
+`--print-commands` prints one `resnet_jax.main` command per point instead, for a cluster
+scheduler. At the end the report (overlay figure and table) of all finished points is written
+into DIR.
 """
 
+import argparse
 import importlib.util
 import json
 import shlex
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import ml_collections
-from absl import app, flags
-
-_CONFIG = flags.DEFINE_string('config', None, 'Sweep config file (path[:arg]).')
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Sweep directory: one sub-workdir per point.')
-_PRINT = flags.DEFINE_bool('print-commands', False, 'Print the per-point commands and exit.')
-_SET = flags.DEFINE_multi_string('set', [], 'Override for every point, e.g. --set=num_epochs=1.')
-flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def load_sweep(spec: str) -> tuple[ml_collections.ConfigDict, list[dict[str, Any]]]:
@@ -134,16 +130,23 @@ def run_sweep(spec: str, workdir: str | Path, extra: dict[str, Any] | None = Non
   return runs
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog='python -m resnet_jax.sweep',
+                                   description='Run (or print) every point of a sweep config.')
+  parser.add_argument('--config', required=True, help='sweep config file (path[:arg])')
+  parser.add_argument('--workdir', required=True, help='sweep directory: one sub-workdir per point')
+  parser.add_argument('--print-commands', action='store_true',
+                      help='print the per-point commands and exit')
+  parser.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
+                      help='override for every point, e.g. --set=num_epochs=1 (repeatable)')
+  args = parser.parse_args(argv)
   try:
-    run_sweep(_CONFIG.value, _WORKDIR.value, parse_set(_SET.value), _PRINT.value)
-  except (ValueError, KeyError, OSError, SweepError) as e:
+    run_sweep(args.config, args.workdir, parse_set(args.set), args.print_commands)
+  except (ValueError, KeyError, TypeError, OSError, SweepError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
   return 0
 
 
 if __name__ == '__main__':
-  app.run(main)
+  sys.exit(main())

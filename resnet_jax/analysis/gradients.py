@@ -10,8 +10,11 @@ training). Writes `gradients.json` ({model: {step: {block: norm}}}) and `gradien
 against block depth, one colour per model, one line style per step) into --out.
 """
 
+import argparse
 import json
 import re
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +22,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import app, flags
-
-_MODELS = flags.DEFINE_multi_string('model', None, 'Model names to compare (repeat the flag).')
-_STEPS = flags.DEFINE_string('steps', '0', 'Comma-separated training steps to measure at.')
-_DATA = flags.DEFINE_enum('data', 'fake', ['fake', 'fashion_mnist'], 'Batches to use.')
-_BATCH = flags.DEFINE_integer('batch_size', 128, 'Global batch size.')
-_OUT = flags.DEFINE_string('out', 'gradients', 'Output directory.')
-flags.mark_flags_as_required(['model'])
 
 BLOCK = re.compile(r'stage(\d+)_block(\d+)$')
 
@@ -108,22 +103,41 @@ def plot(results: dict[str, dict[int, dict]], path: Path) -> None:
   plt.close(fig)
 
 
-def main(argv):
-  del argv
-  steps = sorted({int(s) for s in _STEPS.value.split(',') if s.strip()})
-  out = Path(_OUT.value)
-  out.mkdir(parents=True, exist_ok=True)
-  results = {m: measure(m, steps, _DATA.value, _BATCH.value) for m in _MODELS.value}
-  (out / 'gradients.json').write_text(json.dumps(
+def parse_steps(text: str) -> list[int]:
+  """'0,100,500' -> [0, 100, 500] (sorted, unique, non-negative)."""
+  try:
+    steps = sorted({int(s) for s in text.split(',') if s.strip()})
+  except ValueError:
+    raise argparse.ArgumentTypeError(f'--steps expects comma-separated integers, got {text!r}')
+  if not steps or steps[0] < 0:
+    raise argparse.ArgumentTypeError(f'--steps expects non-negative integers, got {text!r}')
+  return steps
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog='python -m resnet_jax.analysis.gradients',
+                                   description='Per-block gradient norms of several models.')
+  parser.add_argument('--model', action='append', required=True,
+                      help='model name to compare (repeat the flag)')
+  parser.add_argument('--steps', type=parse_steps, default=[0],
+                      help='comma-separated training steps to measure at (default: 0)')
+  parser.add_argument('--data', choices=['fake', 'fashion_mnist'], default='fake')
+  parser.add_argument('--batch_size', type=int, default=128, help='global batch size')
+  parser.add_argument('--out', type=Path, default=Path('gradients'), help='output directory')
+  args = parser.parse_args(argv)
+  args.out.mkdir(parents=True, exist_ok=True)
+  results = {m: measure(m, args.steps, args.data, args.batch_size) for m in args.model}
+  (args.out / 'gradients.json').write_text(json.dumps(
       {m: {str(s): norms for s, norms in r.items()} for m, r in results.items()}, indent=1))
-  plot(results, out / 'gradients.png')
+  plot(results, args.out / 'gradients.png')
   for m, r in results.items():
     for s, norms in sorted(r.items()):
       v = list(norms.values())
       print(f'{m} step {s}: first block {v[0]:.3e}, last block {v[-1]:.3e}, '
             f'ratio first/last {v[0] / v[-1]:.3g}')
-  print(f'wrote {out / "gradients.json"} and {out / "gradients.png"}')
+  print(f'wrote {args.out / "gradients.json"} and {args.out / "gradients.png"}')
+  return 0
 
 
 if __name__ == '__main__':
-  app.run(main)
+  sys.exit(main())
