@@ -8,12 +8,14 @@ devices restores onto 1 and vice versa.
 """
 
 import json
+import secrets
 import signal
 from pathlib import Path
 from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
@@ -160,6 +162,29 @@ class PreemptionWatcher:
   def close(self) -> None:
     if not self._multi:
       signal.signal(signal.SIGTERM, self._previous)
+
+
+def check_shared_directory(directory: Path) -> None:
+  """Refuses a multi-process run whose processes do not all see `directory` as one directory.
+
+  Every process writes its part of each checkpoint there, as orbax requires: process 0 leaves a
+  fresh token in it and the others must read it back.
+  """
+  if jax.process_count() == 1:
+    return
+  token = int(multihost_utils.broadcast_one_to_all(np.int64(secrets.randbits(62))))
+  marker = directory / f'.shared_check_{token}'
+  if jax.process_index() == 0:
+    marker.write_text('')
+  multihost_utils.sync_global_devices('shared directory check: written')
+  sees = multihost_utils.process_allgather(np.bool_(marker.exists()))
+  if jax.process_index() == 0:
+    marker.unlink()
+  blind = np.flatnonzero(~sees).tolist()
+  if blind:
+    raise ValueError(f'the workdir {directory} is not shared: process(es) {blind} do not see what '
+                     'process 0 writes there. Checkpoints of a multi-process run need a '
+                     'filesystem or bucket that all processes reach.')
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -41,36 +41,44 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def run_processes(workdir: Path, data_dir: Path, num_steps: int, cache_dir: Path) -> list[str]:
-  """Runs the job as NUM_PROCESSES processes; returns the output of each.
+def run_processes(workdirs: list[Path], data_dir: Path, num_steps: int,
+                  scratch: Path) -> list[tuple[int, str]]:
+  """Runs the job as one process per workdir (normally all the same); the exit status and
+  output of each. Output goes to files in `scratch`: a full pipe would stall the job.
 
-  Compiled programs are cached in `cache_dir` and LLVM optimisation is off: the test's time goes
+  Compiled programs are cached in `scratch` and LLVM optimisation is off: the test's time goes
   to compiling on a small CPU, and neither changes what is computed beyond rounding.
   """
   env = dict(os.environ, JAX_PLATFORMS='cpu', JAX_CPU_COLLECTIVES_IMPLEMENTATION='gloo',
              XLA_FLAGS=f'--xla_force_host_platform_device_count={DEVICES_PER_PROCESS} '
                        '--xla_backend_optimization_level=0',
-             JAX_COMPILATION_CACHE_DIR=str(cache_dir),
+             JAX_COMPILATION_CACHE_DIR=str(scratch / 'cache'),
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
   port = free_port()
-  procs = [subprocess.Popen(
-      [sys.executable, '-m', 'resnet_jax.main', f'--config={CONFIG_FILE}', f'--workdir={workdir}',
-       f'--config.data.data_dir={data_dir}', f'--config.num_steps={num_steps}',
-       f'--coordinator_address=localhost:{port}', f'--num_processes={NUM_PROCESSES}',
-       f'--process_id={i}', '--distributed_timeout=60'],
-      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-      for i in range(NUM_PROCESSES)]
-  outputs = []
+  logs = [scratch / f'process_{i}.log' for i in range(len(workdirs))]
+  procs = []
   try:
-    for i, p in enumerate(procs):
-      out, _ = p.communicate(timeout=120)
-      assert p.returncode == 0, f'process {i} failed:\n{out[-4000:]}'
-      outputs.append(out)
+    for i, (workdir, log) in enumerate(zip(workdirs, logs)):
+      with open(log, 'w') as f:
+        procs.append(subprocess.Popen(
+            [sys.executable, '-m', 'resnet_jax.main', f'--config={CONFIG_FILE}',
+             f'--workdir={workdir}', f'--config.data.data_dir={data_dir}',
+             f'--config.num_steps={num_steps}', f'--coordinator_address=localhost:{port}',
+             f'--num_processes={len(workdirs)}', f'--process_id={i}', '--distributed_timeout=60'],
+            cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT))
+    return [(p.wait(timeout=120), log.read_text()) for p, log in zip(procs, logs)]
   finally:
     for p in procs:
       if p.poll() is None:
         p.kill()
-  return outputs
+
+
+def run_job(workdir: Path, data_dir: Path, num_steps: int, scratch: Path) -> list[str]:
+  """Runs the job as NUM_PROCESSES processes on one workdir; the output of each."""
+  results = run_processes([workdir] * NUM_PROCESSES, data_dir, num_steps, scratch)
+  for i, (status, out) in enumerate(results):
+    assert status == 0, f'process {i} failed:\n{out[-4000:]}'
+  return [out for _, out in results]
 
 
 def compile_unoptimised(jitted, *args):
@@ -109,8 +117,8 @@ def test_two_processes_train_like_one_with_all_devices(tmp_path, devices):
   data_dir = write_idx_dataset(tmp_path / 'data', num_train=64, num_test=32)
   workdir = tmp_path / 'run'
   # Two steps, then a resumed run to step 3: multi-process save and restore on a shared workdir.
-  first = run_processes(workdir, data_dir, num_steps=2, cache_dir=tmp_path / 'cache')
-  second = run_processes(workdir, data_dir, num_steps=3, cache_dir=tmp_path / 'cache')
+  first = run_job(workdir, data_dir, num_steps=2, scratch=tmp_path)
+  second = run_job(workdir, data_dir, num_steps=3, scratch=tmp_path)
 
   # Logs, plots and reports come from process 0 only; metrics.jsonl has each step once.
   for outputs in (first, second):
@@ -147,3 +155,11 @@ def test_unreachable_coordinator_fails_in_bounded_time_naming_it(tmp_path):
   assert r.returncode == 1
   assert f'could not reach the coordinator at {address} within 2 s' in r.stderr
   assert time.monotonic() - start < 30
+
+
+def test_a_workdir_that_is_not_shared_is_refused(tmp_path):
+  data_dir = write_idx_dataset(tmp_path / 'data', num_train=64, num_test=32)
+  workdirs = [tmp_path / f'host{i}' for i in range(NUM_PROCESSES)]   # as on two unshared disks
+  for status, out in run_processes(workdirs, data_dir, 1, tmp_path):
+    assert status == 1 and 'is not shared: process(es) [1] do not see' in out, out[-2000:]
+  assert not any((w / 'checkpoints').exists() for w in workdirs)

@@ -17,7 +17,8 @@ import numpy as np
 from absl import logging
 
 from resnet_jax import data, models, parallel, plots, profiling
-from resnet_jax.checkpoint import Checkpointer, PreemptionWatcher, is_better, write_json
+from resnet_jax.checkpoint import (Checkpointer, PreemptionWatcher, check_shared_directory,
+                                   is_better, write_json)
 from resnet_jax.models.summary import count_params
 from resnet_jax.progress import Progress, format_end_summary, format_start_summary
 from resnet_jax.train import optim
@@ -146,6 +147,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   """Trains from scratch or from the latest checkpoint in `workdir`; returns the summary."""
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
+  check_shared_directory(workdir)
   main = parallel.is_main_process()
   trainer, train_input, eval_input = create_trainer(config)
   ckpt = Checkpointer(workdir, keep=config.keep_checkpoints, keep_best=config.keep_best_checkpoints,
