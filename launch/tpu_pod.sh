@@ -8,7 +8,8 @@
 #   launch/tpu_pod.sh stop NAME ZONE
 #
 # `train` runs the same command on every worker (--worker=all); jax.distributed.initialize()
-# finds the pod by itself. WORKDIR must be a gs:// bucket (or another path all workers share):
+# finds the pod by itself. WORKDIR must be a path all workers share (a gcsfuse-mounted bucket or
+# a Filestore share; gs:// URLs themselves are not supported yet):
 # orbax writes checkpoints from every host. Preemptible/spot slices get SIGTERM before they are
 # taken: the trainer saves a checkpoint and exits 0; run `train` again to resume.
 set -euo pipefail
