@@ -1,0 +1,108 @@
+"""The sweep runner: a 2-point grid of tiny models end to end, resuming, report, printed commands."""
+
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+from resnet_jax import sweep
+
+SWEEP_CONFIG = '''"""A 2-point test sweep: python -m resnet_jax.sweep --config=THIS --workdir=DIR."""
+from resnet_jax.config_base import base_config
+
+
+def get_config(arg=None):
+  c = base_config()
+  c.model.width = 4
+  c.data.update(fake_image_shape=(8, 8, 3), image_size=8, fake_num_examples=32)
+  c.batch_size = 8
+  c.eval_batch_size = 16
+  c.num_steps = 2
+  c.log_every_steps = 1
+  c.schedule.name = 'constant'
+  return c
+
+
+def get_sweep(arg=None):
+  return [{'model.name': 'small_resnet'},
+          {'model.name': 'small_plain', 'optimizer.lr': float(arg or 0.1)}]
+'''
+POINTS = ['name-small_resnet', 'name-small_plain_lr-0.1']
+DIVERGING = 'name-small_plain_lr-1e+30'
+
+
+@pytest.fixture
+def config_file(tmp_path: Path) -> Path:
+  path = tmp_path / 'tiny_sweep.py'
+  path.write_text(SWEEP_CONFIG)
+  return path
+
+
+def summary(point: Path) -> dict:
+  return json.loads((point / 'summary.json').read_text())
+
+
+def files_and_mtimes(directory: Path) -> dict[Path, int]:
+  return {p: p.stat().st_mtime_ns for p in directory.rglob('*') if p.is_file()}
+
+
+def test_runs_resumes_and_reports(config_file, tmp_path, capsys):
+  out = tmp_path / 'sweep'
+  # With lr 1e30 the second point's loss turns non-finite: it fails, named, and the sweep goes on.
+  assert sweep.main([f'--config={config_file}:1e30', f'--workdir={out}']) == 1
+  assert f'{DIVERGING}: failed: loss is' in capsys.readouterr().err
+  assert not (out / DIVERGING / 'summary.json').exists()
+  first = out / POINTS[0]
+  assert summary(first)['steps'] == 2 and not summary(first)['preempted']
+  table = (out / 'report.md').read_text()
+  assert f'| {POINTS[0]} |' in table and DIVERGING not in table
+
+  # The rerun, with a sane second point: the finished first point is left alone.
+  untouched, one_point_figure = files_and_mtimes(first), (out / 'report.png').read_bytes()
+  assert sweep.main([f'--config={config_file}', f'--workdir={out}']) == 0
+  printed = capsys.readouterr().out
+  assert f'{POINTS[0]}: finished before, not run again' in printed
+  assert f'{POINTS[1]}: training' in printed
+  assert files_and_mtimes(first) == untouched
+  assert summary(out / POINTS[1])['steps'] == 2 and not summary(out / POINTS[1])['preempted']
+  table = (out / 'report.md').read_text()
+  assert all(f'| {name} |' in table for name in POINTS)
+  assert (out / 'report.png').read_bytes() != one_point_figure   # redrawn with both points
+
+
+def parse_main_config(command: list[str]):
+  """The config `python -m resnet_jax.main` would build from a command's arguments."""
+  argv = [sys.argv[0], *(a for a in command if a.startswith('--config'))]
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', None, 'test', flag_values=fv, lock_config=True,
+                                  sys_argv=argv)
+  fv(argv)
+  return fv.config
+
+
+def test_print_commands_one_per_point(config_file, tmp_path, capsys):
+  out = tmp_path / 'sweep'
+  assert sweep.main([f'--config={config_file}', f'--workdir={out}', '--print-commands',
+                     '--set=num_steps=7', '--set=data.fake_image_shape=[8,8,1]']) == 0
+  lines = capsys.readouterr().out.splitlines()
+  assert len(lines) == 2
+  base, grid = sweep.load_sweep(str(config_file))
+  for line, name, point in zip(lines, POINTS, grid):
+    command = shlex.split(line)
+    assert command[:3] == ['python', '-m', 'resnet_jax.main']
+    assert f'--workdir={out / name}' in command
+    config = parse_main_config(command)
+    expected = sweep.apply_overrides(
+        base, {**point, 'num_steps': 7, 'data.fake_image_shape': (8, 8, 1)})
+    assert config.to_dict() == expected.to_dict()
+  assert not out.exists()
+
+
+def test_bad_override_is_an_error_naming_it(config_file, tmp_path, capsys):
+  assert sweep.main([f'--config={config_file}', f'--workdir={tmp_path}',
+                     '--set=optimizer.lrr=1']) == 1
+  assert 'optimizer.lrr' in capsys.readouterr().err
