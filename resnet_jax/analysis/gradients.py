@@ -14,7 +14,7 @@ import argparse
 import json
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,21 +32,33 @@ def block_names(params: dict[str, Any]) -> list[str]:
   return sorted(names, key=lambda k: tuple(int(g) for g in BLOCK.match(k).groups()))
 
 
-def block_grad_norms(model, state, batch: dict[str, jax.Array], config) -> dict[str, float]:
-  """||dL/dtheta_block|| for every block, on `batch`, in training mode (batch statistics)."""
+def block_grad_norms(model, config) -> Callable[[Any, dict[str, jax.Array]], dict[str, float]]:
+  """`(state, batch) -> {block: ||dL/dtheta_block||}` in depth order, compiled once per model.
+
+  The loss is the mean cross-entropy on `batch` (no augmentation, no label smoothing, no weight
+  decay), in training mode (batch statistics).
+  """
   from resnet_jax.data.device_ops import prepare_images
   from resnet_jax.train.steps import cross_entropy
 
-  images = prepare_images(batch['image'], None, train=False, data_config=config.data,
-                          dtype=jnp.dtype(config.dtype))
+  @jax.jit
+  def norms(params, batch_stats, batch):
+    images = prepare_images(batch['image'], None, train=False, data_config=config.data,
+                            dtype=jnp.dtype(config.dtype))
 
-  def loss_fn(params):
-    logits, _ = model.apply({'params': params, 'batch_stats': state.batch_stats}, images,
-                            train=True, mutable=['batch_stats'])
-    return jnp.mean(cross_entropy(logits, batch['label'], 0.0))
+    def loss_fn(params):
+      logits, _ = model.apply({'params': params, 'batch_stats': batch_stats}, images,
+                              train=True, mutable=['batch_stats'])
+      return jnp.mean(cross_entropy(logits, batch['label'], 0.0))
 
-  grads = jax.jit(jax.grad(loss_fn))(state.params)
-  return {name: float(optax.global_norm(grads[name])) for name in block_names(grads)}
+    grads = jax.grad(loss_fn)(params)
+    return {name: optax.global_norm(grads[name]) for name in block_names(grads)}
+
+  def measure_state(state, batch: dict[str, jax.Array]) -> dict[str, float]:
+    out = norms(state.params, state.batch_stats, batch)   # a dict: keys come back sorted
+    return {name: float(out[name]) for name in block_names(state.params)}
+
+  return measure_state
 
 
 def analysis_config(model: str, data: str, batch_size: int):
@@ -71,13 +83,14 @@ def measure(model: str, steps: list[int], data: str, batch_size: int) -> dict[in
   config = analysis_config(model, data, batch_size)
   config.num_steps = max(max(steps), 1)
   trainer, train_input, _ = create_trainer(config)
+  grad_norms = block_grad_norms(trainer.model, config)
   state = trainer.init_state()
   batches = iter(train_input)
   probe = next(batches)
   out, step = {}, 0
   while True:
     if step in steps:
-      out[step] = block_grad_norms(trainer.model, state, probe, config)
+      out[step] = grad_norms(state, probe)
     if step >= max(steps):
       return out
     state, _ = trainer.train_step(state, next(batches))
