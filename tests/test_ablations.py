@@ -24,6 +24,7 @@ from resnet_jax.sweep import apply_overrides, load_sweep
 from resnet_jax.train.loop import create_trainer, train_and_evaluate
 from resnet_jax.train.optim import peak_learning_rate
 from resnet_jax.writers import read_metrics
+from tests.fast_keys import rbg_keys  # noqa: F401  (a fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 ABLATIONS = ROOT / 'configs' / 'ablations'
@@ -143,6 +144,7 @@ def test_train_step_traces(spec):
   assert metrics['loss'].shape == ()
 
 
+@pytest.mark.usefixtures('rbg_keys')
 @pytest.mark.parametrize('spec', sorted(TRAINED_POINT))
 def test_point_trains_two_steps(spec, tmp_path):
   config = find_point(spec, TRAINED_POINT[spec])

@@ -7,10 +7,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from resnet_jax.analysis import gradients
 from resnet_jax.data.device_ops import prepare_images
 from resnet_jax.train.loop import create_model_from_config
+from tests.fast_keys import rbg_keys  # noqa: F401  (a fixture)
 
 
 def test_block_names_in_depth_order():
@@ -49,6 +51,7 @@ def test_block_norm_matches_direct_grad():
   np.testing.assert_allclose(norms[block], direct, rtol=1e-5)
 
 
+@pytest.mark.usefixtures('rbg_keys')
 def test_cli_writes_table_and_plot(tmp_path, capsys):
   models = ['small_plain', 'small_resnet']
   assert gradients.main([*(f'--model={m}' for m in models), '--steps=0', '--batch_size=8',

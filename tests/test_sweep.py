@@ -10,6 +10,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from resnet_jax import sweep
+from tests.fast_keys import rbg_keys  # noqa: F401  (a fixture)
 
 SWEEP_CONFIG = '''"""A 2-point test sweep: python -m resnet_jax.sweep --config=THIS --workdir=DIR."""
 from resnet_jax.config_base import base_config
@@ -50,6 +51,7 @@ def files_and_mtimes(directory: Path) -> dict[Path, int]:
   return {p: p.stat().st_mtime_ns for p in directory.rglob('*') if p.is_file()}
 
 
+@pytest.mark.usefixtures('rbg_keys')
 def test_runs_resumes_and_reports(config_file, tmp_path, capsys):
   out = tmp_path / 'sweep'
   # With lr 1e30 the second point's loss turns non-finite: it fails, named, and the sweep goes on.
