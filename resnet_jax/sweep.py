@@ -97,21 +97,26 @@ def run_sweep(spec: str, workdir: str | Path, extra: dict[str, Any] | None = Non
   """
   base, grid = load_sweep(spec)
   workdir = Path(workdir)
-  runs, failed = [], []
-  for overrides in grid:
-    overrides = {**overrides, **(extra or {})}
-    sub = workdir / point_name({k: v for k, v in overrides.items() if k not in (extra or {})})
-    runs.append(sub)
-    if print_commands:
-      print(command_for(spec, sub, overrides))
-      continue
+  runs = [workdir / point_name(overrides) for overrides in grid]
+  if len(set(runs)) < len(runs):
+    raise ValueError(f'{spec}: two grid points have the same overrides')
+  overrides = [{**point, **(extra or {})} for point in grid]
+  configs = [apply_overrides(base, o) for o in overrides]   # every override checked up front
+  if print_commands:
+    for sub, point_overrides in zip(runs, overrides):
+      print(command_for(spec, sub, point_overrides))
+    return runs
+
+  from resnet_jax.report import write_report
+  from resnet_jax.train.loop import train_and_evaluate
+  failed = []
+  for sub, config in zip(runs, configs):
     if is_finished(sub):
       print(f'{sub.name}: finished before, not run again', flush=True)
       continue
     print(f'{sub.name}: training', flush=True)
-    from resnet_jax.train.loop import train_and_evaluate
     try:
-      summary = train_and_evaluate(apply_overrides(base, overrides), sub)
+      summary = train_and_evaluate(config, sub)
     except FloatingPointError as e:
       print(f'{sub.name}: failed: {e}', file=sys.stderr, flush=True)
       failed.append(sub.name)
@@ -120,11 +125,8 @@ def run_sweep(spec: str, workdir: str | Path, extra: dict[str, Any] | None = Non
       print(f'{sub.name}: preempted, checkpoint saved; the same command resumes the sweep',
             flush=True)
       return runs
-  if not print_commands:
-    from resnet_jax.report import write_report
-    finished = [r for r in runs if is_finished(r)]
-    png, md = write_report(finished, workdir)
-    print(f'report: {png}, {md}')
+  png, md = write_report([r for r in runs if is_finished(r)], workdir)
+  print(f'report: {png}, {md}')
   if failed:
     raise SweepError(f'{len(failed)} point(s) failed: {", ".join(failed)}')
   return runs

@@ -1,8 +1,12 @@
 """The sweep runner: a 2-point grid of tiny models end to end, resuming, report, printed commands."""
 
 import json
+import os
 import shlex
+import signal
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -32,6 +36,7 @@ def get_sweep(arg=None):
   return [{'model.name': 'small_resnet'},
           {'model.name': 'small_plain', 'optimizer.lr': float(arg or 0.1)}]
 '''
+ROOT = Path(__file__).resolve().parents[1]
 POINTS = ['name-small_resnet', 'name-small_plain_lr-0.1']
 DIVERGING = 'name-small_plain_lr-1e+30'
 
@@ -76,6 +81,33 @@ def test_runs_resumes_and_reports(config_file, tmp_path, capsys):
   assert (out / 'report.png').read_bytes() != one_point_figure   # redrawn with both points
 
 
+def sigterm_after_first_log(metrics: Path) -> threading.Thread:
+  """SIGTERM to this process once `metrics` has a training line (the loop's handler is set)."""
+  def wait_and_signal():
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+      if metrics.is_file() and 'train/loss' in metrics.read_text():
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+      time.sleep(0.05)
+  thread = threading.Thread(target=wait_and_signal, daemon=True)
+  thread.start()
+  return thread
+
+
+@pytest.mark.usefixtures('rbg_keys')
+def test_preemption_stops_the_sweep(config_file, tmp_path, capsys):
+  out = tmp_path / 'sweep'
+  thread = sigterm_after_first_log(out / POINTS[0] / 'metrics.jsonl')
+  assert sweep.main([f'--config={config_file}', f'--workdir={out}',
+                     '--set=num_steps=1000000']) == 0
+  thread.join()
+  assert f'{POINTS[0]}: preempted' in capsys.readouterr().out
+  assert summary(out / POINTS[0])['preempted']
+  assert (out / POINTS[0] / 'checkpoints').is_dir()
+  assert not (out / POINTS[1]).exists() and not (out / 'report.md').exists()
+
+
 def parse_main_config(command: list[str]):
   """The config `python -m resnet_jax.main` would build from a command's arguments."""
   argv = [sys.argv[0], *(a for a in command if a.startswith('--config'))]
@@ -104,7 +136,23 @@ def test_print_commands_one_per_point(config_file, tmp_path, capsys):
   assert not out.exists()
 
 
+@pytest.mark.parametrize('spec', ['degradation.py', 'depth_cifar.py:fashion_mnist',
+                                  'shortcuts_cifar.py', 'plain_vs_residual_imagenet.py'])
+def test_ablation_commands_build_the_points_configs(spec, tmp_path, capsys):
+  spec = f'{ROOT}/configs/ablations/{spec}'
+  sweep.run_sweep(spec, tmp_path, print_commands=True)
+  base, grid = sweep.load_sweep(spec)
+  lines = capsys.readouterr().out.splitlines()
+  assert len(lines) == len(grid)
+  for line, point in zip(lines, grid):
+    expected = sweep.apply_overrides(base, point).to_dict()
+    assert parse_main_config(shlex.split(line)).to_dict() == expected, line
+
+
 def test_bad_override_is_an_error_naming_it(config_file, tmp_path, capsys):
-  assert sweep.main([f'--config={config_file}', f'--workdir={tmp_path}',
-                     '--set=optimizer.lrr=1']) == 1
+  config_file.write_text(SWEEP_CONFIG.replace("'optimizer.lr'", "'optimizer.lrr'"))
+  assert sweep.main([f'--config={config_file}', f'--workdir={tmp_path}']) == 1
   assert 'optimizer.lrr' in capsys.readouterr().err
+  assert not (tmp_path / POINTS[0]).exists()   # found before the first point trains
+  assert sweep.main([f'--config={config_file}', f'--workdir={tmp_path}', '--set=batch_size=x']) == 1
+  assert 'batch_size' in capsys.readouterr().err
