@@ -6,7 +6,7 @@ import pytest
 
 @pytest.fixture
 def rbg_keys():
-  """'rbg' random keys for the test: initialisation compiles in a third of threefry's time on CPU."""
+  """'rbg' random keys: initialisation compiles in a third of threefry's time on CPU."""
   previous = jax.config.jax_default_prng_impl
   jax.config.update('jax_default_prng_impl', 'rbg')
   yield

@@ -1,4 +1,4 @@
-"""Every ablation sweep config (configs/ablations/) is wired right: each grid point builds its model.
+"""Every ablation sweep config (configs/ablations/) is wired right: each point builds its model.
 
 Cheap on purpose: fake data, batch 8 over the 8 simulated devices, the recipe's image size capped
 at 32, 2 steps, and the model of every grid point the real one. Every point of the CIFAR-10 and
@@ -19,6 +19,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from resnet_jax.analysis.gradients import BLOCK, block_names
 from resnet_jax.recipes import load_recipe
 from resnet_jax.sweep import apply_overrides, load_sweep
 from resnet_jax.train.loop import create_trainer, train_and_evaluate
@@ -37,7 +38,6 @@ TRACED_POINT = {'degradation.py': {'model.name': 'cifar_plain56'},
                 'depth_cifar.py': {'model.name': 'cifar_resnet110'},
                 'plain_vs_residual_imagenet.py': {'model.name': 'plain34'},
                 'shortcuts_imagenet.py': {'model.shortcut': 'C'}}
-BLOCK = re.compile(r'stage(\d+)_block(\d+)$')
 
 
 def cheap(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -70,7 +70,7 @@ def find_point(spec: str, wanted: dict) -> ml_collections.ConfigDict:
 
 def check_model_matches_point(params: dict, config: ml_collections.ConfigDict) -> None:
   """Layers, residual or plain, and shortcut projections as the point's config asks."""
-  blocks = [k for k in params if BLOCK.match(k)]
+  blocks = block_names(params)
   assert 2 * len(blocks) + 2 == depth(config.model.name), config.model.name
   stages = {BLOCK.match(k).group(1) for k in blocks}
   projections = sum('shortcut' in params[k] for k in blocks)

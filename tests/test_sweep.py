@@ -1,4 +1,4 @@
-"""The sweep runner: a 2-point grid of tiny models end to end, resuming, report, printed commands."""
+"""The sweep runner: a 2-point grid of tiny models end to end, resuming, report, commands."""
 
 import json
 import os
@@ -16,7 +16,7 @@ from ml_collections import config_flags
 from resnet_jax import sweep
 from tests.fast_keys import rbg_keys  # noqa: F401  (a fixture)
 
-SWEEP_CONFIG = '''"""A 2-point test sweep: python -m resnet_jax.sweep --config=THIS --workdir=DIR."""
+SWEEP_CONFIG = '''"""A 2-point sweep: python -m resnet_jax.sweep --config=THIS --workdir=DIR."""
 from resnet_jax.config_base import base_config
 
 
@@ -100,7 +100,7 @@ def test_preemption_stops_the_sweep(config_file, tmp_path, capsys):
   out = tmp_path / 'sweep'
   thread = sigterm_after_first_log(out / POINTS[0] / 'metrics.jsonl')
   assert sweep.main([f'--config={config_file}', f'--workdir={out}',
-                     '--set=num_steps=1000000']) == 0
+                     '--set=num_steps=1000000', '--set=data.fake_num_examples=100000']) == 0
   thread.join()
   assert f'{POINTS[0]}: preempted' in capsys.readouterr().out
   assert summary(out / POINTS[0])['preempted']
