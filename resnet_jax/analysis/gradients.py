@@ -121,9 +121,9 @@ def parse_steps(text: str) -> list[int]:
   try:
     steps = sorted({int(s) for s in text.split(',') if s.strip()})
   except ValueError:
-    raise argparse.ArgumentTypeError(f'--steps expects comma-separated integers, got {text!r}')
+    raise argparse.ArgumentTypeError(f'expected comma-separated integers, got {text!r}')
   if not steps or steps[0] < 0:
-    raise argparse.ArgumentTypeError(f'--steps expects non-negative integers, got {text!r}')
+    raise argparse.ArgumentTypeError(f'expected non-negative integers, got {text!r}')
   return steps
 
 
