@@ -61,6 +61,15 @@ class Checkpointer:
   def best_step(self) -> int | None:
     return self._manager.best_step()
 
+  def chosen_step(self, which: str) -> int:
+    """The step of the 'latest' or 'best' checkpoint; FileNotFoundError when there is none."""
+    if which not in ('latest', 'best'):
+      raise ValueError(f"eval.checkpoint must be 'latest' or 'best', got {which!r}")
+    step = self.best_step() if which == 'best' else self.latest_step()
+    if step is None:
+      raise FileNotFoundError(f'no {which} checkpoint in {self.directory}')
+    return step
+
   def all_steps(self) -> list[int]:
     return list(self._manager.all_steps())
 

@@ -28,13 +28,9 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str | Path) -> 
     raise FileNotFoundError(f'workdir {workdir} does not exist')
   eval_protocols.Protocol.from_config(config)   # a bad protocol fails before any work
   which = config.eval.checkpoint
-  if which not in ('latest', 'best'):
-    raise ValueError(f"eval.checkpoint must be 'latest' or 'best', got {which!r}")
   ckpt = Checkpointer(workdir, keep=config.keep_checkpoints, keep_best=config.keep_best_checkpoints,
                       best_metric=config.best_metric)
-  step = ckpt.best_step() if which == 'best' else ckpt.latest_step()
-  if step is None:
-    raise FileNotFoundError(f'no {which} checkpoint in {ckpt.directory}')
+  step = ckpt.chosen_step(which)
   trainer, _, base_input = create_trainer(config, train=False)
   state, _ = ckpt.restore(abstract_state(trainer), config, step)
   ckpt.close()

@@ -100,11 +100,7 @@ class Predictor:
     self.config = config = ml_collections.ConfigDict(json.loads(config_file.read_text()))
     ckpt = Checkpointer(workdir, keep=config.keep_checkpoints,
                         keep_best=config.keep_best_checkpoints, best_metric=config.best_metric)
-    if checkpoint not in ('latest', 'best'):
-      raise ValueError(f"--checkpoint must be 'latest' or 'best', got {checkpoint!r}")
-    self.step = ckpt.best_step() if checkpoint == 'best' else ckpt.latest_step()
-    if self.step is None:
-      raise FileNotFoundError(f'no {checkpoint} checkpoint in {ckpt.directory}')
+    self.step = ckpt.chosen_step(checkpoint)
     num_classes, channels = checkpoint_shapes(ckpt.directory / str(self.step) / 'state')
     size = config.data.image_size
     trainer = Trainer(config, parallel.create_mesh(), num_classes=num_classes,
