@@ -33,7 +33,6 @@ CASES = {
     'rn50_pool_custom_vjp': (RN50, '', 'pool_custom_vjp'),
     'rn50_pool_slices': (RN50, '', 'pool_slices'),
     'rn50_no_nan_guard': (RN50, '', 'no_nan_guard'),
-    'rn50_bn_autodiff': (RN50, '', 'bn_autodiff'),
     'rn50_latency_sched': (RN50, '--xla_gpu_enable_latency_hiding_scheduler=true', ''),
     'rn50_no_cmd_buffer': (RN50, '--xla_gpu_enable_command_buffer=', ''),
     'c56_base': (C56 + ['--profile_dir={out}/prof_c56'], '', ''),
@@ -109,8 +108,8 @@ def apply_patch(name: str) -> None:
   from resnet_jax.models import layers, resnet
   if name == 'plain_stem':
     layers.space_to_depth_conv = strided_conv
-  elif name == 'bn_autodiff':   # BN's backward by autodiff of its forward (before 2026-12-02)
-    layers.batch_normalize = lambda *args: layers._normalize(*args)[:3]
+  elif name == 'xla_max_pool':
+    resnet.max_pool = xla_max_pool
   elif name == 'pool_custom_vjp':
     resnet.nn.max_pool = lambda x, window_shape, strides, padding: first_max_pool(
         x, window_shape[0], strides[0], padding[0][0])

@@ -1,7 +1,5 @@
 """Layers shared by the blocks: batch norm with ghost batches, the parameter-free shortcut."""
 
-import functools
-import math
 from typing import Any
 
 import flax.linen as nn
@@ -43,71 +41,25 @@ class BatchNorm(nn.Module):
     scale = self.param('scale', self.scale_init, features, self.param_dtype)
     bias = self.param('bias', self.bias_init, features, self.param_dtype)
 
-    dtype = jnp.dtype(self.dtype or x.dtype)
-    scale, bias = scale.astype(jnp.float32), bias.astype(jnp.float32)
+    x32 = x.astype(jnp.float32)
     if use_running_average:
-      mul = scale * jax.lax.rsqrt(ra_var.value + self.epsilon)
-      return (x.astype(jnp.float32) * mul + (bias - ra_mean.value * mul)).astype(dtype)
-    n = x.shape[0]
-    g = self.group_size or n
-    if n % g:
-      raise ValueError(f'batch size {n} is not a multiple of the BN group size {g}')
-    y, mean, var = batch_normalize(x.reshape(n // g, g, *x.shape[1:]), scale, bias,
-                                   self.epsilon, dtype)
-    if not self.is_initializing():
-      m, axes = self.momentum, tuple(range(y.ndim - 1))
-      ra_mean.value = m * ra_mean.value + (1 - m) * jnp.mean(mean, axis=axes)
-      ra_var.value = m * ra_var.value + (1 - m) * jnp.mean(var, axis=axes)
-    return y.reshape(x.shape)
-
-
-def _normalize(x, scale, bias, epsilon, dtype):
-  """Forward of `batch_normalize`; also returns 1/sqrt(var + eps) for the backward."""
-  x32 = x.astype(jnp.float32)
-  axes = tuple(range(1, x.ndim - 1))
-  mean = jnp.mean(x32, axes, keepdims=True)
-  var = jnp.maximum(jnp.mean(jnp.square(x32), axes, keepdims=True) - jnp.square(mean), 0.0)
-  rstd = jax.lax.rsqrt(var + epsilon)
-  mul = scale * rstd
-  return (x32 * mul + (bias - mean * mul)).astype(dtype), mean, var, rstd
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def batch_normalize(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float,
-                    dtype: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Training-mode BN of x [G, g, ..., C] over the axes between the first and the last.
-
-  Returns (y in `dtype`, mean, var), the statistics float32 [G, 1, ..., 1, C]. The gradient is
-  written out (the textbook BN backward) so that it keeps only `x` in its own dtype and the
-  per-channel statistics: autodiff of the forward keeps float32 copies of `x` for it.
-  """
-  return _normalize(x, scale, bias, epsilon, dtype)[:3]
-
-
-def _batch_normalize_fwd(x, scale, bias, epsilon, dtype):
-  y, mean, var, rstd = _normalize(x, scale, bias, epsilon, dtype)
-  return (y, mean, var), (x, scale, mean, rstd)
-
-
-def _batch_normalize_bwd(epsilon, dtype, residuals, cotangents):
-  del epsilon, dtype
-  x, scale, mean, rstd = residuals
-  dy, dmean, dvar = cotangents
-  axes = tuple(range(1, x.ndim - 1))
-  n = math.prod(x.shape[a] for a in axes)
-  centered = x.astype(jnp.float32) - mean
-  xhat = centered * rstd
-  dy = dy.astype(jnp.float32)
-  dbias = jnp.sum(dy, axes, keepdims=True)
-  dscale = jnp.sum(dy * xhat, axes, keepdims=True)
-  dx = (scale * rstd) * (dy - (dbias + xhat * dscale) / n)
-  dx = dx + (dmean + 2.0 * dvar * centered) / n   # the statistics' own uses (zero in training)
-  groups = tuple(range(x.ndim - 1))
-  return (dx.astype(x.dtype), jnp.sum(dscale, groups).reshape(scale.shape),
-          jnp.sum(dbias, groups).reshape(scale.shape))
-
-
-batch_normalize.defvjp(_batch_normalize_fwd, _batch_normalize_bwd)
+      mean, var = ra_mean.value, ra_var.value
+    else:
+      n = x.shape[0]
+      g = self.group_size or n
+      if n % g:
+        raise ValueError(f'batch size {n} is not a multiple of the BN group size {g}')
+      x32 = x32.reshape(n // g, g, *x.shape[1:])
+      axes = tuple(range(1, x32.ndim - 1))
+      mean = jnp.mean(x32, axes, keepdims=True)
+      var = jnp.maximum(jnp.mean(jnp.square(x32), axes, keepdims=True) - jnp.square(mean), 0.0)
+      if not self.is_initializing():
+        m = self.momentum
+        ra_mean.value = m * ra_mean.value + (1 - m) * jnp.mean(mean, axis=(0, *axes))
+        ra_var.value = m * ra_var.value + (1 - m) * jnp.mean(var, axis=(0, *axes))
+    mul = scale.astype(jnp.float32) * jax.lax.rsqrt(var + self.epsilon)
+    y = x32 * mul + (bias.astype(jnp.float32) - mean * mul)
+    return y.reshape(x.shape).astype(self.dtype or x.dtype)
 
 
 def space_to_depth_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
