@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
 # The Fashion-MNIST runs of docs/results.md, on one GPU, in one call:
 #
-#   benchmarks/fashion_mnist_runs.sh OUT [DATA_DIR] [fast|best|degradation|shortcuts ...]
+#   benchmarks/fashion_mnist_runs.sh OUT [DATA_DIR] [fast|best|degradation|shortcuts|tta ...]
 #
-# fast: the quick recipes, one at a time (each alone on the GPU, timed with /usr/bin/time).
-# best, degradation, shortcuts: the accuracy runs and the two paper sweeps, several processes
-# sharing the GPU at once (the small nets leave it mostly idle; timings of these are not
-# reported). Every run's log lands in OUT; `results.txt` lists final test accuracies.
+# fast: the quick recipes, one at a time (each alone on the GPU, timed with /usr/bin/time);
+#   fast_w32_eE_cold (E in $FAST_EPOCHS) compiles into an empty JAX compilation cache
+#   (OUT/jax_cache) and fast_w32_eE_warm reruns it from that cache. ONLY_RUNS picks runs by name.
+# best, degradation, shortcuts: the accuracy runs and the two paper sweeps, $JOBS processes
+# sharing the GPU at once (timings of these are not reported).
+# tta: each best run's final checkpoint evaluated again with horizontal-flip test-time
+#   augmentation (--mode=eval, eval.protocol=ten_crop, which on 28x28 images without
+#   eval_resize averages each image and its mirror image).
+# Every run's log lands in OUT; `results.txt` lists final test accuracies.
 set -u
-out=${1:?usage: fashion_mnist_runs.sh OUT [DATA_DIR] [fast|best|degradation|shortcuts ...]}
+out=${1:?usage: fashion_mnist_runs.sh OUT [DATA_DIR] [fast|best|degradation|shortcuts|tta ...]}
 data=${2:-/usr/share/datasets/fashion-mnist}
 shift 2 || shift $#
 parts=${*:-fast best degradation shortcuts}
@@ -24,6 +29,11 @@ best=(--config.batch_size=256 --config.dtype=bfloat16 --config.optimizer.nestero
       --config.schedule.unit=epochs --config.schedule.warmup=2 --config.label_smoothing=0.1
       --config.data.random_erasing=0.5 --config.keep_checkpoints=1)
 
+best_args() {   # model:width -> the workdir and flags of that best run
+  echo "--workdir=$out/best_${1/:/_w} ${best[*]} --config.model.width=${1##*:}" \
+    "--config.num_epochs=${BEST_EPOCHS:-60}"
+}
+
 timed() {   # name, args...: one run alone, with its process wall time
   local name=$1; shift
   [ -n "${ONLY_RUNS:-}" ] && [[ " $ONLY_RUNS " != *" $name "* ]] && return
@@ -38,6 +48,7 @@ sweep_commands() {   # sweep config: its per-point commands, with this data dir 
     | sed 's/^python /python3 /'
 }
 
+tta=0
 jobs_file=$out/parallel_jobs.txt
 : >"$jobs_file"
 for part in $parts; do
@@ -49,17 +60,23 @@ for part in $parts; do
       # (Level 0, no autotuning at all, is not an option: it picked conv kernels 200x slower.)
       XLA_FLAGS="--xla_gpu_autotune_level=1 --xla_gpu_enable_triton_gemm=false" \
         timed fast_w32_e15_autotune1 "${fast[@]}" "${at_end[@]}" --config.model.width=32 \
-        --config.num_epochs=15 ;;
+        --config.num_epochs=15
+      for epochs in ${FAST_EPOCHS:-20 30}; do   # the epoch count is compiled in: one cache entry each
+        for cache in cold warm; do
+          JAX_COMPILATION_CACHE_DIR=$out/jax_cache JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 \
+            timed "fast_w32_e${epochs}_$cache" "${fast[@]}" "${at_end[@]}" --config.model.width=32 \
+            --config.num_epochs="$epochs"
+        done
+      done ;;
     best)
       for spec in ${BEST_MODELS:-"resnet20:40" "resnet44:24"}; do
-        spec=${spec/:/ }
-        set -- $spec
-        echo "python3 -m resnet_jax.main --config=configs/fashion_mnist.py:$1" \
-          "--config.data.data_dir=$data --workdir=$out/best_$1_w$2 ${best[*]}" \
-          "--config.model.width=$2 --config.num_epochs=${BEST_EPOCHS:-60}" >>"$jobs_file"
+        echo "${main[*]/fashion_mnist.py/fashion_mnist.py:${spec%%:*}} $(best_args "$spec")" >>"$jobs_file"
       done ;;
-    degradation)
-      sweep_commands configs/ablations/degradation.py:fashion_mnist | grep -E 'cifar_(plain|resnet)(20|56)' >>"$jobs_file" ;;
+    tta) tta=1 ;;   # after the parallel jobs, which may train the runs it evaluates
+    degradation)   # the 56-layer points first: they take longest
+      points=$(sweep_commands configs/ablations/degradation.py:fashion_mnist)
+      grep -E 'cifar_(plain|resnet)56' <<<"$points" >>"$jobs_file"
+      grep -E 'cifar_(plain|resnet)20' <<<"$points" >>"$jobs_file" ;;
     shortcuts)
       sweep_commands configs/ablations/shortcuts_cifar.py:fashion_mnist | grep -E 'shortcut=(B|C)' >>"$jobs_file" ;;
     *) echo "unknown part $part" >&2; exit 2 ;;
@@ -75,8 +92,15 @@ if [ -s "$jobs_file" ]; then   # several runs share the GPU; each keeps a small 
   XLA_PYTHON_CLIENT_MEM_FRACTION=0.12 xargs -P "${JOBS:-5}" -d '\n' -I{} bash -c 'run_job "$1"' _ {} \
     <"$jobs_file"
 fi
+if [ "$tta" = 1 ]; then
+  for spec in ${BEST_MODELS:-"resnet20:40" "resnet44:24"}; do
+    "${main[@]/fashion_mnist.py/fashion_mnist.py:${spec%%:*}}" --mode=eval \
+      --config.eval.protocol=ten_crop $(best_args "$spec") >"$out/tta_${spec/:/_w}.log" 2>&1
+  done
+fi
 for summary in "$out"/*/summary.json "$out"/*/*/summary.json; do
   [ -f "$summary" ] && python3 -c "import json,sys; s=json.load(open(sys.argv[1])); \
 print(sys.argv[1], 'final', s['final'], 'wall_time_s', round(s['wall_time_s'], 1))" "$summary"
 done | tee "$out/results.txt"
 cat "$out/walls.txt" 2>/dev/null
+grep -h "^protocol" "$out"/tta_*.log 2>/dev/null

@@ -108,8 +108,6 @@ def apply_patch(name: str) -> None:
   from resnet_jax.models import layers, resnet
   if name == 'plain_stem':
     layers.space_to_depth_conv = strided_conv
-  elif name == 'xla_max_pool':
-    resnet.max_pool = xla_max_pool
   elif name == 'pool_custom_vjp':
     resnet.nn.max_pool = lambda x, window_shape, strides, padding: first_max_pool(
         x, window_shape[0], strides[0], padding[0][0])

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The throughput runs of docs/benchmarks.md on one GPU, in one call:
+#
+#   benchmarks/perf_run.sh OUT [compare] [levers] [pipeline]
+#
+# compare:  benchmarks/compare.py, the side-by-side table with the PyTorch peers
+# levers:   benchmarks/levers.py for the cases in $LEVERS (one process each; rn50_base profiles)
+# pipeline: 2,048 generated 500x375 q90 JPEGs prepared as a folder dataset; the data benchmark
+#           with $WORKERS grain workers (both crops); ResNet-50 of configs/image_folder.py
+#           (random-resized crops) on synthetic data and fed by that pipeline
+#
+# Each part writes WORK/<part>.txt and WORK/<part>/ (WORK defaults to /tmp/perf_run); after each
+# part, OUT/results.tgz is rewritten with all of WORK but the profiler traces and the images.
+set -u
+out=${1:?usage: perf_run.sh OUT [compare] [levers] [pipeline]}
+shift
+parts=${*:-compare levers pipeline}
+work=${WORK:-/tmp/perf_run}
+mkdir -p "$out" "$work"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv >"$work/gpu.txt"
+nproc >>"$work/gpu.txt"
+
+pack() {
+  tar czf "$out/results.tgz" -C "$work" --exclude='prof_*' --exclude='jpegs' --exclude='jpds' .
+}
+
+for part in $parts; do
+  case $part in
+    compare)
+      python3 benchmarks/compare.py --out "$work/compare" 2>&1 | tee "$work/compare.txt" ;;
+    levers)
+      python3 benchmarks/levers.py --out "$work/levers" \
+        --only "${LEVERS:-rn50_base,rn50_bn_autodiff,rn50_b512}" 2>&1 | tee "$work/levers.txt" ;;
+    pipeline)
+      data=$work/jpds
+      if [ ! -f "$data/dataset.json" ]; then
+        python3 -c "from pathlib import Path; from resnet_jax.data.benchmark import generate_jpegs; \
+generate_jpegs(Path('$work/jpegs'), ${NUM_JPEGS:-2048})"
+        python3 -m resnet_jax.data.prepare --image-folder "$work/jpegs" --out "$data"
+      fi
+      {
+        for w in ${WORKERS:-15}; do
+          for augment in ${AUGMENTS:-inception_crop imagenet_scale}; do
+            python3 -m resnet_jax.data.benchmark --folder "$data" --workers "$w" --batch-size 256 \
+              --warmup $((3 * w)) --steps 60 --augment "$augment"
+          done
+        done
+        rn50=(python3 -m resnet_jax.benchmark --config=configs/image_folder.py:resnet50
+              --config.data.data_dir="$data" --config.batch_size=256 --config.dtype=bfloat16)
+        "${rn50[@]}" --num_classes=10 --steps 20 --windows 5
+        for w in ${WORKERS:-15}; do   # each worker buffers 2 batches: 30 of the 500 steps at most
+          "${rn50[@]}" --config.data.num_workers="$w" --pipeline --steps 40 --windows 5 \
+            --warmup "${PIPELINE_WARMUP:-300}"
+        done
+      } 2>&1 | tee "$work/pipeline.txt" ;;
+    *) echo "unknown part $part" >&2; exit 2 ;;
+  esac
+  pack
+done
