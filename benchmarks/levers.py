@@ -112,7 +112,8 @@ def apply_patch(name: str) -> None:
     resnet.nn.max_pool = lambda x, window_shape, strides, padding: first_max_pool(
         x, window_shape[0], strides[0], padding[0][0])
   elif name == 'pool_slices':
-    resnet.max_pool = max_pool_by_slices
+    resnet.nn.max_pool = lambda x, window_shape, strides, padding: max_pool_by_slices(
+        x, window_shape[0], strides[0], padding[0][0])
   elif name == 'no_nan_guard':
     import jax.numpy as jnp
 
