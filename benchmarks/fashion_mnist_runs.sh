@@ -29,6 +29,8 @@ best=(--config.batch_size=256 --config.dtype=bfloat16 --config.optimizer.nestero
       --config.schedule.unit=epochs --config.schedule.warmup=2 --config.label_smoothing=0.1
       --config.data.random_erasing=0.5 --config.keep_checkpoints=1)
 
+best_models=${BEST_MODELS:-"resnet20:40 resnet44:24"}   # model:width of the best runs
+
 best_args() {   # model:width -> the workdir and flags of that best run
   echo "--workdir=$out/best_${1/:/_w} ${best[*]} --config.model.width=${1##*:}" \
     "--config.num_epochs=${BEST_EPOCHS:-60}"
@@ -69,7 +71,7 @@ for part in $parts; do
         done
       done ;;
     best)
-      for spec in ${BEST_MODELS:-"resnet20:40" "resnet44:24"}; do
+      for spec in $best_models; do
         echo "${main[*]/fashion_mnist.py/fashion_mnist.py:${spec%%:*}} $(best_args "$spec")" >>"$jobs_file"
       done ;;
     tta) tta=1 ;;   # after the parallel jobs, which may train the runs it evaluates
@@ -93,7 +95,7 @@ if [ -s "$jobs_file" ]; then   # several runs share the GPU; each keeps a small 
     <"$jobs_file"
 fi
 if [ "$tta" = 1 ]; then
-  for spec in ${BEST_MODELS:-"resnet20:40" "resnet44:24"}; do
+  for spec in $best_models; do
     "${main[@]/fashion_mnist.py/fashion_mnist.py:${spec%%:*}}" --mode=eval \
       --config.eval.protocol=ten_crop $(best_args "$spec") >"$out/tta_${spec/:/_w}.log" 2>&1
   done

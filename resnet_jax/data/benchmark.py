@@ -131,7 +131,7 @@ def run(folder: str | None, *, generate: int, workers: int, batch_size: int, ste
     one_core = one_core_rate(load, min(len(split), 500))
     stages = stage_times(load, min(len(split), 200))
     rate = pipeline_rate(load, workers=workers, batch_size=batch_size, steps=steps,
-                                warmup=warmup)
+                         warmup=warmup)
   return {
       'images_per_sec': rate,
       'images_per_sec_one_core': one_core,
