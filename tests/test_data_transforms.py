@@ -65,6 +65,21 @@ def test_corrupt_and_truncated_files_name_the_record():
     load_pixels(header, 3, 'half.jpg')
 
 
+@pytest.mark.parametrize('mode', ['RGB', 'L'])
+@pytest.mark.parametrize('draft_size', [None, (100, 75), (48, 40), (20, 20)])
+def test_jpeg_pixels_equal_pils_decode_at_every_draft_scale(mode, draft_size):
+  """The simplejpeg path gives PIL's own pixels and sizes (full scale and 1/2, 1/4, 1/8)."""
+  big = Image.fromarray(rgb_image(64, 48)).resize((200, 150), Image.BICUBIC).convert(mode)
+  data = encode(big, 'JPEG', quality=90)
+  reference = Image.open(io.BytesIO(data))
+  if draft_size:
+    reference.draft(mode, draft_size)
+  reference.load()
+  ours = load_pixels(open_image(data, 'k'), 3 if mode == 'RGB' else 1, 'k', draft_size)
+  assert ours.mode == mode and ours.size == reference.size
+  np.testing.assert_array_equal(np.asarray(ours), np.asarray(reference))
+
+
 def test_scale_augment_box_matches_the_paper():
   rng = np.random.default_rng(0)
   for _ in range(200):
@@ -132,9 +147,10 @@ def test_large_jpeg_is_drafted_and_matches_the_full_decode():
   data = encode(big, 'JPEG', quality=95)
   header = open_image(data, 'big.jpg')
   box = (200.0, 100.0, 1400.0, 1100.0)   # 1200x1000 -> 100x100: decoded at 1/8 scale
-  drafted = transforms.crop_resize(header, box, 100, 3, 'big.jpg')
+  pixels, scaled_box = transforms.decode_for_box(header, box, 100, 3, 'big.jpg')
+  assert pixels.size == (200, 150) and scaled_box == (25.0, 12.5, 175.0, 137.5)   # 1/8 scale
+  drafted = transforms.crop_resize(open_image(data, 'big.jpg'), box, 100, 3, 'big.jpg')
   full = np.asarray(big.resize((100, 100), Image.BILINEAR, box=box))
-  assert header.size == (200, 150)   # decoded at 1/8 of 1600x1200
   assert drafted.shape == (100, 100, 3)
   assert np.abs(drafted.astype(int) - full).mean() < 4
 
