@@ -15,7 +15,9 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -34,6 +36,10 @@ CASES = {
     'rn50_pool_slices': (RN50, '', 'pool_slices'),
     'rn50_no_nan_guard': (RN50, '', 'no_nan_guard'),
     'rn50_latency_sched': (RN50, '--xla_gpu_enable_latency_hiding_scheduler=true', ''),
+    'rn50_dot_1x1': (RN50, '', 'dot_1x1'),
+    'rn50_dot_1x1_cudnn_gemm': (RN50, '--xla_gpu_cudnn_gemm_fusion_level=2', 'dot_1x1'),
+    'rn50_block_level_fusion': (
+        RN50, '--xla_gpu_experimental_enable_fusion_block_level_rewriter=true', ''),
     'rn50_no_cmd_buffer': (RN50, '--xla_gpu_enable_command_buffer=', ''),
     'c56_base': (C56 + ['--profile_dir={out}/prof_c56'], '', ''),
     'c56_no_nan_guard': (C56, '', 'no_nan_guard'),
@@ -103,6 +109,33 @@ def _max_pool_bwd(window, stride, padding, residuals, g):
 first_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
+class Dot1x1(nn.Module):
+  """A 1x1 convolution without bias as `dot_general` (strided: subsample first), `nn.Conv`'s
+  parameter: XLA's GEMM fusion may then fuse the BN + ReLU that feeds it into the GEMM."""
+  features: int
+  strides: int | tuple[int, int] = 1
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+  kernel_init: Any = None
+
+  @nn.compact
+  def __call__(self, x):
+    s = self.strides if isinstance(self.strides, int) else self.strides[0]
+    kernel = self.param('kernel', self.kernel_init, (1, 1, x.shape[-1], self.features),
+                        self.param_dtype)
+    return jnp.einsum('nhwc,cf->nhwf', x[:, ::s, ::s].astype(self.dtype),
+                      kernel[0, 0].astype(self.dtype))
+
+
+def conv_with_dot_1x1(features, kernel_size, strides=1, *, padding, name, use_bias, dtype,
+                      param_dtype, kernel_init, conv=nn.Conv):
+  """`nn.Conv`'s constructor as the ResNet calls it, with 1x1 convs as `Dot1x1`."""
+  if tuple(kernel_size) == (1, 1):
+    return Dot1x1(features, strides, dtype, param_dtype, kernel_init, name=name)
+  return conv(features, kernel_size, strides, padding=padding, name=name, use_bias=use_bias,
+              dtype=dtype, param_dtype=param_dtype, kernel_init=kernel_init)
+
+
 def apply_patch(name: str) -> None:
   """Changes the package in this process only, for one experimental case."""
   from resnet_jax.models import layers, resnet
@@ -114,6 +147,8 @@ def apply_patch(name: str) -> None:
   elif name == 'pool_slices':
     resnet.nn.max_pool = lambda x, window_shape, strides, padding: max_pool_by_slices(
         x, window_shape[0], strides[0], padding[0][0])
+  elif name == 'dot_1x1':
+    resnet.nn.Conv = conv_with_dot_1x1
   elif name == 'no_nan_guard':
     import jax.numpy as jnp
 

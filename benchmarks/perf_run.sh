@@ -3,7 +3,8 @@
 #
 #   benchmarks/perf_run.sh OUT [compare] [levers] [pipeline]
 #
-# compare:  benchmarks/compare.py, the side-by-side table with the PyTorch peers
+# compare:  benchmarks/compare.py, the side-by-side table with the PyTorch peers ($COMPARE: the
+#           comma-separated cases to run, default all)
 # levers:   benchmarks/levers.py for the cases in $LEVERS (one process each; rn50_base profiles)
 # pipeline: 2,048 generated 500x375 q90 JPEGs prepared as a folder dataset; the data benchmark
 #           with $WORKERS grain workers (both crops); ResNet-50 of configs/image_folder.py
@@ -27,7 +28,7 @@ pack() {
 for part in $parts; do
   case $part in
     compare)
-      python3 benchmarks/compare.py --out "$work/compare" 2>&1 | tee "$work/compare.txt" ;;
+      python3 benchmarks/compare.py --out "$work/compare" --only "${COMPARE:-}" 2>&1 | tee "$work/compare.txt" ;;
     levers)
       python3 benchmarks/levers.py --out "$work/levers" \
         --only "${LEVERS:-rn50_base,rn50_b512}" 2>&1 | tee "$work/levers.txt" ;;
