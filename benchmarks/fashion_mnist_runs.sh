@@ -29,11 +29,16 @@ best=(--config.batch_size=256 --config.dtype=bfloat16 --config.optimizer.nestero
       --config.schedule.unit=epochs --config.schedule.warmup=2 --config.label_smoothing=0.1
       --config.data.random_erasing=0.5 --config.keep_checkpoints=1)
 
-best_models=${BEST_MODELS:-"resnet20:40 resnet44:24"}   # model:width of the best runs
+# The best runs: model:width[:epochs] (epochs default $BEST_EPOCHS), each with the flags of `best`
+# and $BEST_EXTRA (e.g. "--config.optimizer.ema_decay=0.9995"); $BEST_TAG ends their workdir names.
+best_models=${BEST_MODELS:-"resnet20:40 resnet44:24"}
 
-best_args() {   # model:width -> the workdir and flags of that best run
-  echo "--workdir=$out/best_${1/:/_w} ${best[*]} --config.model.width=${1##*:}" \
-    "--config.num_epochs=${BEST_EPOCHS:-60}"
+best_args() {   # model:width[:epochs] -> the workdir and flags of that best run
+  local model width epochs
+  IFS=: read -r model width epochs <<<"$1"
+  epochs=${epochs:-${BEST_EPOCHS:-60}}
+  echo "--workdir=$out/best_${model}_w${width}_e${epochs}${BEST_TAG:-} ${best[*]}" \
+    "--config.model.width=$width --config.num_epochs=$epochs ${BEST_EXTRA:-}"
 }
 
 timed() {   # name, args...: one run alone, with its process wall time
@@ -97,7 +102,7 @@ fi
 if [ "$tta" = 1 ]; then
   for spec in $best_models; do
     "${main[@]/fashion_mnist.py/fashion_mnist.py:${spec%%:*}}" --mode=eval \
-      --config.eval.protocol=ten_crop $(best_args "$spec") >"$out/tta_${spec/:/_w}.log" 2>&1
+      --config.eval.protocol=ten_crop $(best_args "$spec") >"$out/tta_${spec//:/_}.log" 2>&1
   done
 fi
 for summary in "$out"/*/summary.json "$out"/*/*/summary.json; do
