@@ -28,7 +28,7 @@ from array_record.python.array_record_module import ArrayRecordWriter
 from PIL import Image
 
 from resnet_jax.data import folder_format
-from resnet_jax.data.decode import BadImageError, load_pixels, open_image
+from resnet_jax.data.decode import BadImageError, Header, load_pixels, open_image
 
 IMAGE_EXTENSIONS = frozenset({'.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff', '.webp',
                               '.ppm', '.pgm', '.pbm'})
@@ -91,10 +91,11 @@ def plan_splits(root: Path, val_fraction: float) -> tuple[list[str], dict[str, l
   return class_names, splits
 
 
-def shrink(image: Image.Image, image_size_max: int, key: str) -> bytes:
+def shrink(image: Header, image_size_max: int, key: str) -> bytes:
   """Re-encodes `image` with its shorter side reduced to `image_size_max` (JPEG stays JPEG)."""
-  scale = image_size_max / min(image.size)
-  size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+  width, height = image.size
+  scale = image_size_max / min(width, height)
+  size = (max(1, round(width * scale)), max(1, round(height * scale)))
   pixels = load_pixels(image, 3, key, draft_size=size).resize(size, Image.BILINEAR)
   buffer = io.BytesIO()
   if image.format == 'JPEG':

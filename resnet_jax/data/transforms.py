@@ -16,7 +16,7 @@ import numpy as np
 from cykooz_resizer import CropBox, FilterType, ResizeAlg, ResizeOptions, Resizer
 from PIL import Image
 
-from resnet_jax.data.decode import as_array, decode_array, load_pixels, open_image
+from resnet_jax.data.decode import Header, as_array, decode_array, load_pixels, open_image
 
 AUGMENTS = ('imagenet_scale', 'inception_crop', 'cifar', 'none')
 Box = tuple[float, float, float, float]   # (left, upper, right, lower) in source pixels
@@ -72,7 +72,7 @@ def center_crop_box(width: int, height: int, *, size: int, resize: int = 0) -> B
   return left, upper, left + w, upper + h
 
 
-def crop_resize(image: Image.Image, box: Box, size: int, channels: int, key: str,
+def crop_resize(image: Header, box: Box, size: int, channels: int, key: str,
                 flips: tuple[bool, bool] = (False, False)) -> np.ndarray:
   """Decodes `image` (opened, not loaded), resizes the `box` region to size x size and applies
   the (horizontal, vertical) `flips`."""
@@ -80,7 +80,7 @@ def crop_resize(image: Image.Image, box: Box, size: int, channels: int, key: str
   return flipped_array(resize_box(pixels, box, size), flips)
 
 
-def decode_for_box(image: Image.Image, box: Box, size: int, channels: int,
+def decode_for_box(image: Header, box: Box, size: int, channels: int,
                    key: str) -> tuple[Image.Image, Box]:
   """The pixels of `image`, a JPEG at the smallest scale that keeps the `box` at least size x size,
   and the box in those pixels."""
