@@ -20,6 +20,7 @@ work=${WORK:-/tmp/perf_run}
 mkdir -p "$out" "$work"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv >"$work/gpu.txt"
 nproc >>"$work/gpu.txt"
+lscpu | grep -E "^(Model name|Thread|Core|Socket)" >>"$work/gpu.txt"
 
 pack() {
   tar czf "$out/results.tgz" -C "$work" --exclude='prof_*' --exclude='jpegs' --exclude='jpds' .

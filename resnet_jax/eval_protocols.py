@@ -43,7 +43,7 @@ from resnet_jax.data.inputs import Batch, EvalInput
 from resnet_jax.data.sources import load_split
 from resnet_jax.data.splits import DatasetInfo
 from resnet_jax.data.transforms import Box, center_crop_box, crop_resize
-from resnet_jax.train.state import TrainState, eval_params
+from resnet_jax.train.state import TrainState, eval_variables
 from resnet_jax.train.steps import topk_correct
 
 PROTOCOLS = ('center_crop', 'ten_crop', 'multi_scale')
@@ -202,7 +202,7 @@ def protocol_eval_step(state: TrainState, batch: Batch, *, model: Any,
   The confusion matrix counts [true class, predicted class]; an example whose label ties with
   the highest score counts as predicted correctly, as in top-1, so its trace is the top-1 count.
   """
-  variables = {'params': eval_params(state), 'batch_stats': state.batch_stats}
+  variables = eval_variables(state)
   by_shape: dict[tuple[int, ...], list[jax.Array]] = {}
   for view in batch['views']:   # views of one shape run as one batch
     by_shape.setdefault(view.shape, []).append(view)

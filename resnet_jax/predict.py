@@ -45,7 +45,7 @@ from resnet_jax.data.sources import load_split
 from resnet_jax.data.transforms import ImageTransform
 from resnet_jax.evaluate import abstract_state
 from resnet_jax.train.loop import Trainer
-from resnet_jax.train.state import eval_params
+from resnet_jax.train.state import eval_variables
 
 BATCH_SIZE = 32
 
@@ -107,8 +107,7 @@ class Predictor:
                       image_shape=(size, size, channels), steps_per_epoch=1)
     state, _ = ckpt.restore(abstract_state(trainer), config, self.step)
     ckpt.close()
-    self.variables = jax.device_get({'params': eval_params(state),
-                                     'batch_stats': state.batch_stats})
+    self.variables = jax.device_get(eval_variables(state))
     self.class_names = dataset_class_names(config.data, num_classes)
     self.transform = ImageTransform.from_config(config.data, channels)
     self._apply = jax.jit(lambda variables, images: jax.nn.softmax(trainer.model.apply(

@@ -9,6 +9,7 @@ from resnet_jax import parallel
 from resnet_jax.config_base import base_config
 from resnet_jax.train import optim
 from resnet_jax.train.loop import Trainer
+from resnet_jax.train.state import eval_variables
 
 IMAGE_SHAPE = (16, 16, 3)
 
@@ -78,6 +79,27 @@ def test_nonfinite_loss_leaves_state_unchanged(devices):
   after = jax.device_get(state)
   assert int(after.step) == 0
   assert_trees_close(after.params, before.params, rtol=0, atol=0)
+
+
+def test_ema_averages_params_and_bn_statistics_and_evaluation_uses_both(devices):
+  """EMA: e' = d e + (1 - d) v for the params and the BN statistics; eval reads the EMA pair."""
+  config = tiny_config()
+  config.optimizer.ema_decay = d = 0.75
+  mesh = parallel.create_mesh(8)
+  trainer = Trainer(config, mesh, num_classes=10, image_shape=IMAGE_SHAPE, steps_per_epoch=10)
+  state = trainer.init_state()
+  before = jax.device_get(state)
+  state, _ = trainer.train_step(state, jax.device_put(random_batch(), parallel.batch_sharding(mesh)))
+  after = jax.device_get(state)
+  for ema, old, new in [(after.ema_params, before.params, after.params),
+                        (after.ema_batch_stats, before.batch_stats, after.batch_stats)]:
+    expected = jax.tree.map(lambda o, n: d * o + (1 - d) * n, old, new)
+    assert_trees_close(ema, expected)
+  assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(after.ema_batch_stats),
+                                                   jax.tree.leaves(after.batch_stats)))
+  variables = eval_variables(after)
+  assert variables['params'] is after.ema_params
+  assert variables['batch_stats'] is after.ema_batch_stats
 
 
 def test_linear_scaling_rule():

@@ -10,7 +10,9 @@ import optax
 
 @flax.struct.dataclass
 class TrainState:
-  """Params, BN statistics, optimizer state, step and RNG; an EMA of the params if asked for.
+  """Params, BN statistics, optimizer state, step and RNG; if asked for, an exponential moving
+  average of the params and of the BN statistics (both: the averaged weights evaluated with the
+  live weights' statistics lost 2 to 6 points of Fashion-MNIST accuracy).
 
   The model and the optimizer are not part of the state: they are static arguments of the jitted
   steps, so the state is a plain pytree of arrays that orbax saves as it is.
@@ -21,6 +23,7 @@ class TrainState:
   opt_state: Any
   rng: jax.Array
   ema_params: Any = None
+  ema_batch_stats: Any = None
 
 
 def create_train_state(model, tx: optax.GradientTransformation, rng: jax.Array,
@@ -28,17 +31,20 @@ def create_train_state(model, tx: optax.GradientTransformation, rng: jax.Array,
   """Initialises the model on a dummy batch of one image. Pure: jit it for sharded outputs."""
   init_rng, state_rng = jax.random.split(rng)
   variables = model.init(init_rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
-  params = variables['params']
+  params, batch_stats = variables['params'], variables.get('batch_stats', {})
   return TrainState(
       step=jnp.zeros((), jnp.int32),
       params=params,
-      batch_stats=variables.get('batch_stats', {}),
+      batch_stats=batch_stats,
       opt_state=tx.init(params),
       rng=state_rng,
       ema_params=params if ema else None,
+      ema_batch_stats=batch_stats if ema else None,
   )
 
 
-def eval_params(state: TrainState) -> Any:
-  """The params that evaluation uses: the EMA when there is one."""
-  return state.params if state.ema_params is None else state.ema_params
+def eval_variables(state: TrainState) -> dict[str, Any]:
+  """The model variables that evaluation uses: the EMA ones when there is an EMA."""
+  if state.ema_params is None:
+    return {'params': state.params, 'batch_stats': state.batch_stats}
+  return {'params': state.ema_params, 'batch_stats': state.ema_batch_stats}

@@ -8,7 +8,7 @@ import ml_collections
 import optax
 
 from resnet_jax.data.device_ops import prepare_images
-from resnet_jax.train.state import TrainState, eval_params
+from resnet_jax.train.state import TrainState, eval_variables
 
 Metrics = dict[str, jax.Array]
 
@@ -49,12 +49,15 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: Any,
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  ema = state.ema_params
-  if ema is not None:
+  ema_params, ema_batch_stats = state.ema_params, state.ema_batch_stats
+  if ema_params is not None:
     d = config.optimizer.ema_decay
-    ema = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, ema, params)
+    average = lambda e, v: d * e + (1.0 - d) * v
+    ema_params = jax.tree.map(average, ema_params, params)
+    ema_batch_stats = jax.tree.map(average, ema_batch_stats, batch_stats)
   new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                            opt_state=opt_state, ema_params=ema)
+                            opt_state=opt_state, ema_params=ema_params,
+                            ema_batch_stats=ema_batch_stats)
   ok = jnp.isfinite(loss)
   new_state = jax.tree.map(lambda new, old: jnp.where(ok, new, old), new_state, state)
   metrics = {
@@ -70,8 +73,7 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], *, model: Any,
   """Sums over the real (unmasked) examples of one eval batch: loss, top-1, top-5, count."""
   images = prepare_images(batch['image'], None, train=False, data_config=config.data,
                           dtype=jnp.dtype(config.dtype))
-  logits = model.apply({'params': eval_params(state), 'batch_stats': state.batch_stats}, images,
-                       train=False)
+  logits = model.apply(eval_variables(state), images, train=False)
   mask = batch['mask'].astype(jnp.float32)
   labels = batch['label']
   k5 = min(5, logits.shape[-1])
