@@ -29,16 +29,23 @@ best=(--config.batch_size=256 --config.dtype=bfloat16 --config.optimizer.nestero
       --config.schedule.unit=epochs --config.schedule.warmup=2 --config.label_smoothing=0.1
       --config.data.random_erasing=0.5 --config.keep_checkpoints=1)
 
-# The best runs: model:width[:epochs] (epochs default $BEST_EPOCHS), each with the flags of `best`
-# and $BEST_EXTRA (e.g. "--config.optimizer.ema_decay=0.9995"); $BEST_TAG ends their workdir names.
+# The best runs: model:width[:epochs[:overrides]] (epochs default $BEST_EPOCHS), each with the
+# flags of `best` and its overrides, comma-separated config keys, e.g.
+# resnet20:40:50:optimizer.sam_rho=0.05,optimizer.ema_decay=0.9995; the workdir name ends with
+# them (best_resnet20_w40_e50_sam_rho0.05_ema_decay0.9995).
 best_models=${BEST_MODELS:-"resnet20:40 resnet44:24"}
 
-best_args() {   # model:width[:epochs] -> the workdir and flags of that best run
-  local model width epochs
-  IFS=: read -r model width epochs <<<"$1"
+best_args() {   # one BEST_MODELS entry -> the workdir and flags of that best run
+  local model width epochs overrides tag="" flags="" kv key
+  IFS=: read -r model width epochs overrides <<<"$1"
   epochs=${epochs:-${BEST_EPOCHS:-60}}
-  echo "--workdir=$out/best_${model}_w${width}_e${epochs}${BEST_TAG:-} ${best[*]}" \
-    "--config.model.width=$width --config.num_epochs=$epochs ${BEST_EXTRA:-}"
+  for kv in ${overrides//,/ }; do
+    flags+=" --config.$kv"
+    key=${kv%%=*}
+    tag+="_${key##*.}${kv#*=}"
+  done
+  echo "--workdir=$out/best_${model}_w${width}_e${epochs}$tag ${best[*]}" \
+    "--config.model.width=$width --config.num_epochs=$epochs$flags"
 }
 
 timed() {   # name, args...: one run alone, with its process wall time
@@ -102,7 +109,7 @@ fi
 if [ "$tta" = 1 ]; then
   for spec in $best_models; do
     "${main[@]/fashion_mnist.py/fashion_mnist.py:${spec%%:*}}" --mode=eval \
-      --config.eval.protocol=ten_crop $(best_args "$spec") >"$out/tta_${spec//:/_}.log" 2>&1
+      --config.eval.protocol=ten_crop $(best_args "$spec") >"$out/tta_${spec//[:,=]/_}.log" 2>&1
   done
 fi
 for summary in "$out"/*/summary.json "$out"/*/*/summary.json; do

@@ -1,15 +1,18 @@
 """The step: data parallelism and BN synchronisation, NaN guard, optimizer and schedules."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
 from resnet_jax import parallel
 from resnet_jax.config_base import base_config
+from resnet_jax.data.device_ops import prepare_images
 from resnet_jax.train import optim
 from resnet_jax.train.loop import Trainer
 from resnet_jax.train.state import eval_variables
+from resnet_jax.train.steps import cross_entropy
 
 IMAGE_SHAPE = (16, 16, 3)
 
@@ -100,6 +103,42 @@ def test_ema_averages_params_and_bn_statistics_and_evaluation_uses_both(devices)
   variables = eval_variables(after)
   assert variables['params'] is after.ema_params
   assert variables['batch_stats'] is after.ema_batch_stats
+
+
+def test_sam_step_uses_the_gradient_at_the_perturbed_weights(devices):
+  """SAM: the update is SGD's with the gradient at w + rho g / |g|, g the gradient at w."""
+  config = tiny_config()
+  config.optimizer.update(momentum=0.0, weight_decay=0.0, sam_rho=0.5)
+  mesh = parallel.create_mesh(8)
+  trainer = Trainer(config, mesh, num_classes=10, image_shape=IMAGE_SHAPE, steps_per_epoch=10)
+  state = trainer.init_state()
+  before = jax.device_get(state)
+  batch = random_batch()
+  state, metrics = trainer.train_step(state, jax.device_put(batch, parallel.batch_sharding(mesh)))
+  after = jax.device_get(state)
+
+  images = prepare_images(batch['image'], None, train=False, data_config=config.data,
+                          dtype=np.float32)
+  def loss(params):
+    logits, _ = trainer.model.apply({'params': params, 'batch_stats': before.batch_stats},
+                                    images, train=True, mutable=['batch_stats'])
+    return jnp.mean(cross_entropy(logits, batch['label'], 0.0))
+  g = jax.grad(loss)(before.params)
+  scale = 0.5 / optax.global_norm(g)
+  g_sam = jax.grad(loss)(jax.tree.map(lambda p, d: p + scale * d, before.params, g))
+  assert_trees_close(after.params, jax.tree.map(lambda p, d: p - 0.1 / 8 * d, before.params, g_sam))
+  assert float(metrics['loss']) == pytest.approx(float(loss(before.params)), rel=1e-5)
+  # Not plain SGD: the perturbation changes the step.
+  sgd = jax.tree.map(lambda p, d: p - 0.1 / 8 * d, before.params, g)
+  assert any(not np.allclose(a, b, atol=1e-6) for a, b in zip(jax.tree.leaves(after.params),
+                                                              jax.tree.leaves(sgd)))
+
+
+def test_negative_sam_rho_is_an_error():
+  c = tiny_config()
+  c.optimizer.sam_rho = -0.05
+  with pytest.raises(ValueError, match='optimizer.sam_rho'):
+    optim.create_optimizer(c, optax.constant_schedule(0.1))
 
 
 def test_linear_scaling_rule():

@@ -60,6 +60,8 @@ def create_optimizer(config: ml_collections.ConfigDict,
   o = config.optimizer
   if o.name != 'sgd':
     raise ValueError(f"unknown optimizer.name {o.name!r}; valid: 'sgd'")
+  if o.sam_rho < 0:
+    raise ValueError(f'optimizer.sam_rho must be >= 0 (0 = off), got {o.sam_rho}')
   mask = None if o.decay_bn_and_bias else _decay_mask
   decay = optax.add_decayed_weights(o.weight_decay, mask) if o.weight_decay else None
   momentum = optax.trace(decay=o.momentum, nesterov=o.nesterov) if o.momentum else None

@@ -28,6 +28,17 @@ def topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
   return (jnp.sum(logits > label_logit, axis=-1) < k).astype(jnp.float32)
 
 
+def sharpness_aware_gradient(grad_fn, params, grads, rho: float):
+  """SAM (Foret et al. 2021): the gradient at the worst nearby point `params + rho * g / |g|`.
+
+  The loss, logits and BN statistics of the step stay those of the first pass at `params`.
+  """
+  scale = rho / (optax.global_norm(grads) + 1e-12)
+  perturbed = jax.tree.map(lambda p, g: p + scale * g.astype(p.dtype), params, grads)
+  _, sam_grads = grad_fn(perturbed)
+  return sam_grads
+
+
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: Any,
                tx: optax.GradientTransformation, schedule: optax.Schedule,
                config: ml_collections.ConfigDict) -> tuple[TrainState, Metrics]:
@@ -46,7 +57,10 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: Any,
     loss = jnp.mean(cross_entropy(logits, batch['label'], config.label_smoothing))
     return loss, (logits, updates['batch_stats'])
 
-  (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  (loss, (logits, batch_stats)), grads = grad_fn(state.params)
+  if rho := config.optimizer.sam_rho:
+    grads = sharpness_aware_gradient(grad_fn, state.params, grads, rho)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   ema_params, ema_batch_stats = state.ema_params, state.ema_batch_stats
