@@ -68,7 +68,8 @@ def base_config() -> ml_collections.ConfigDict:
       decoupled_weight_decay=False,  # False: L2 added to the gradient, as in the paper
       decay_bn_and_bias=True,        # False: no weight decay on BN parameters and biases
       grad_clip_norm=0.0,            # 0 = off
-      ema_decay=0.0,                 # 0 = off; e.g. 0.9999 keeps an EMA of the weights
+      ema_decay=0.0,                 # 0 = off; e.g. 0.9999: EMA of params and BN statistics;
+                                     # eval/* reports it, eval/live_* the live weights
       sam_rho=0.0,                   # 0 = off; > 0: sharpness-aware gradients (SAM), 2 passes
   ))
   c.schedule = ml_collections.ConfigDict(dict(

@@ -105,6 +105,31 @@ def test_ema_averages_params_and_bn_statistics_and_evaluation_uses_both(devices)
   assert variables['batch_stats'] is after.ema_batch_stats
 
 
+def test_evaluation_with_an_ema_reports_the_ema_and_the_live_weights(devices):
+  """With an EMA, eval/* are the EMA weights' metrics and eval/live_* the live weights'."""
+  config = tiny_config()
+  config.optimizer.ema_decay = 0.5
+  mesh = parallel.create_mesh(8)
+  trainer = Trainer(config, mesh, num_classes=10, image_shape=IMAGE_SHAPE, steps_per_epoch=10)
+  sharding = parallel.batch_sharding(mesh)
+  state = trainer.init_state()
+  for seed in range(3):
+    state, _ = trainer.train_step(state, jax.device_put(random_batch(seed=seed), sharding))
+  eval_batch = dict(random_batch(seed=9), mask=np.ones(32, bool))
+  eval_input = [jax.device_put(eval_batch, sharding)]
+
+  both = trainer.evaluate(state, eval_input)
+  live_only = trainer.evaluate(state.replace(ema_params=None, ema_batch_stats=None), eval_input)
+  ema_as_live = trainer.evaluate(
+      state.replace(params=state.ema_params, batch_stats=state.ema_batch_stats,
+                    ema_params=None, ema_batch_stats=None), eval_input)
+  assert set(live_only) == {'eval/loss', 'eval/top1', 'eval/top5'}
+  for k in ('loss', 'top1', 'top5'):
+    assert both[f'eval/live_{k}'] == pytest.approx(live_only[f'eval/{k}'], rel=1e-6)
+    assert both[f'eval/{k}'] == pytest.approx(ema_as_live[f'eval/{k}'], rel=1e-6)
+  assert both['eval/loss'] != pytest.approx(both['eval/live_loss'], rel=1e-4)
+
+
 def test_sam_step_uses_the_gradient_at_the_perturbed_weights(devices):
   """SAM: the update is SGD's with the gradient at w + rho g / |g|, g the gradient at w."""
   config = tiny_config()

@@ -22,7 +22,7 @@ from resnet_jax.checkpoint import (Checkpointer, PreemptionWatcher, check_shared
 from resnet_jax.models.summary import count_params
 from resnet_jax.progress import Progress, format_end_summary, format_start_summary
 from resnet_jax.train import optim
-from resnet_jax.train.state import TrainState, create_train_state
+from resnet_jax.train.state import TrainState, create_train_state, eval_variables, live_variables
 from resnet_jax.train.steps import eval_step, train_step
 from resnet_jax.writers import MetricWriter
 
@@ -75,22 +75,31 @@ class Trainer:
         donate_argnums=0)
     self.eval_step = jax.jit(
         functools.partial(eval_step, model=self.model, config=config),
-        in_shardings=(self.state_sharding, batch),
+        in_shardings=(parallel.replicated(mesh), batch),
         out_shardings=parallel.replicated(mesh))
 
   def init_state(self) -> TrainState:
     return self.init(jax.random.PRNGKey(self.config.seed))
 
   def evaluate(self, state: TrainState, eval_input: Iterable) -> dict[str, float]:
-    """One pass over the eval split; every example counted exactly once."""
-    sums = None
+    """One pass over the eval split; every example counted exactly once.
+
+    `eval/*` are the metrics of the weights evaluation uses (the EMA ones when there is an
+    EMA); with an EMA, `eval/live_*` are those of the live weights, on the same pass.
+    """
+    evaluated = {'eval/': eval_variables(state)}
+    if state.ema_params is not None:
+      evaluated['eval/live_'] = live_variables(state)
+    sums = {prefix: None for prefix in evaluated}
     for batch in eval_input:
-      out = self.eval_step(state, batch)
-      sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
-    sums = jax.device_get(sums)
-    n = float(sums['count'])
-    return {'eval/loss': float(sums['loss']) / n, 'eval/top1': float(sums['top1']) / n,
-            'eval/top5': float(sums['top5']) / n}
+      for prefix, variables in evaluated.items():
+        out = self.eval_step(variables, batch)
+        sums[prefix] = out if sums[prefix] is None else jax.tree.map(jnp.add, sums[prefix], out)
+    metrics = {}
+    for prefix, total in jax.device_get(sums).items():
+      n = float(total['count'])
+      metrics.update({prefix + k: float(total[k]) / n for k in ('loss', 'top1', 'top5')})
+    return metrics
 
 
 def create_trainer(config: ml_collections.ConfigDict, *, train: bool = True):

@@ -43,8 +43,13 @@ def create_train_state(model, tx: optax.GradientTransformation, rng: jax.Array,
   )
 
 
+def live_variables(state: TrainState) -> dict[str, Any]:
+  """The model variables being trained (not averaged)."""
+  return {'params': state.params, 'batch_stats': state.batch_stats}
+
+
 def eval_variables(state: TrainState) -> dict[str, Any]:
   """The model variables that evaluation uses: the EMA ones when there is an EMA."""
   if state.ema_params is None:
-    return {'params': state.params, 'batch_stats': state.batch_stats}
+    return live_variables(state)
   return {'params': state.ema_params, 'batch_stats': state.ema_batch_stats}

@@ -8,7 +8,7 @@ import ml_collections
 import optax
 
 from resnet_jax.data.device_ops import prepare_images
-from resnet_jax.train.state import TrainState, eval_variables
+from resnet_jax.train.state import TrainState
 
 Metrics = dict[str, jax.Array]
 
@@ -82,12 +82,15 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: Any,
   return new_state, metrics
 
 
-def eval_step(state: TrainState, batch: dict[str, jax.Array], *, model: Any,
+def eval_step(variables: dict[str, Any], batch: dict[str, jax.Array], *, model: Any,
               config: ml_collections.ConfigDict) -> Metrics:
-  """Sums over the real (unmasked) examples of one eval batch: loss, top-1, top-5, count."""
+  """Sums over the real (unmasked) examples of one eval batch: loss, top-1, top-5, count.
+
+  `variables` are the model's ({'params', 'batch_stats'}): the EMA ones or the live ones.
+  """
   images = prepare_images(batch['image'], None, train=False, data_config=config.data,
                           dtype=jnp.dtype(config.dtype))
-  logits = model.apply(eval_variables(state), images, train=False)
+  logits = model.apply(variables, images, train=False)
   mask = batch['mask'].astype(jnp.float32)
   labels = batch['label']
   k5 = min(5, logits.shape[-1])
