@@ -4,8 +4,8 @@
 #   benchmarks/fashion_mnist_runs.sh OUT [DATA_DIR] [fast|best|degradation|shortcuts|tta ...]
 #
 # fast: the quick recipes, one at a time (each alone on the GPU, timed with /usr/bin/time);
-#   fast_w32_eE_cold (E in $FAST_EPOCHS) compiles into an empty JAX compilation cache
-#   (OUT/jax_cache) and fast_w32_eE_warm reruns it from that cache. ONLY_RUNS picks runs by name.
+#   fast_w32_eE[_overrides]_cold (see FAST_RUNS below) compiles into an empty JAX compilation
+#   cache and fast_w32_eE[_overrides]_warm reruns it from that cache. ONLY_RUNS picks runs by name.
 # best, degradation, shortcuts: the accuracy runs and the two paper sweeps, $JOBS processes
 # sharing the GPU at once (timings of these are not reported).
 # tta: each best run's final checkpoint evaluated again with horizontal-flip test-time
@@ -75,11 +75,24 @@ for part in $parts; do
       XLA_FLAGS="--xla_gpu_autotune_level=1 --xla_gpu_enable_triton_gemm=false" \
         timed fast_w32_e15_autotune1 "${fast[@]}" "${at_end[@]}" --config.model.width=32 \
         --config.num_epochs=15
-      for epochs in ${FAST_EPOCHS:-20 30}; do   # the epoch count is compiled in: one cache entry each
+      # Cold and warm: FAST_RUNS entries epochs[:overrides] (comma-separated config keys, as in
+      # BEST_MODELS). Each compiles into its own empty JAX compilation cache, then reruns from it.
+      # "Cold" means that cache is empty, not that the machine is fresh: a first process loads
+      # the CUDA libraries and builds matplotlib's font cache once, before any timed run.
+      python3 -c "import jax, matplotlib.pyplot; from resnet_jax.train import loop; jax.devices()" \
+        >"$out/prime.log" 2>&1
+      for spec in ${FAST_RUNS:-20 30}; do
+        IFS=: read -r epochs overrides <<<"$spec"
+        flags=() tag=""
+        for kv in ${overrides//,/ }; do
+          flags+=("--config.$kv")
+          key=${kv%%=*}
+          tag+="_${key##*.}${kv#*=}"
+        done
         for cache in cold warm; do
-          JAX_COMPILATION_CACHE_DIR=$out/jax_cache JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 \
-            timed "fast_w32_e${epochs}_$cache" "${fast[@]}" "${at_end[@]}" --config.model.width=32 \
-            --config.num_epochs="$epochs"
+          JAX_COMPILATION_CACHE_DIR=$out/jax_cache_e$epochs$tag JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 \
+            timed "fast_w32_e${epochs}${tag}_$cache" "${fast[@]}" "${at_end[@]}" --config.model.width=32 \
+            --config.num_epochs="$epochs" "${flags[@]}"
         done
       done ;;
     best)

@@ -16,7 +16,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from resnet_jax import parallel, profiling
+from resnet_jax import parallel, profiling, runtime
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (path[:variant]).',
                                           lock_config=True)
@@ -60,6 +60,7 @@ def run_benchmark(config, *, pipeline: bool, num_devices: int, warmup: int, wind
   from resnet_jax import data
   from resnet_jax.train.loop import Trainer
 
+  runtime.configure(config)
   mesh = parallel.create_mesh(num_devices)
   if pipeline:
     train_input = data.create_input(config, mesh, train=True)

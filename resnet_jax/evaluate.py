@@ -13,9 +13,9 @@ import ml_collections
 import numpy as np
 from matplotlib.figure import Figure
 
-from resnet_jax import eval_protocols, plots
+from resnet_jax import eval_protocols, plots, runtime
 from resnet_jax.checkpoint import Checkpointer, write_json
-from resnet_jax.train.loop import Trainer, create_trainer
+from resnet_jax.train.loop import create_trainer
 
 _LABELLED_CLASSES = 30   # more classes: no tick labels
 _ANNOTATED_CLASSES = 12  # up to this many: counts written in the cells
@@ -23,6 +23,7 @@ _ANNOTATED_CLASSES = 12  # up to this many: counts written in the cells
 
 def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
   """Restores the checkpoint chosen by `config.eval.checkpoint` and evaluates it."""
+  runtime.configure(config)
   workdir = Path(workdir)
   if not workdir.is_dir():
     raise FileNotFoundError(f'workdir {workdir} does not exist')
@@ -32,7 +33,7 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str | Path) -> 
                       best_metric=config.best_metric)
   step = ckpt.chosen_step(which)
   trainer, _, base_input = create_trainer(config, train=False)
-  state, _ = ckpt.restore(abstract_state(trainer), config, step)
+  state, _ = ckpt.restore(trainer.abstract_state, config, step)
   ckpt.close()
   eval_input = eval_protocols.protocol_input(config, trainer.mesh, base_input)
   eval_step = eval_protocols.compile_step(trainer.model, config, trainer.mesh,
@@ -49,12 +50,6 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str | Path) -> 
                                                   'eval/loss', 'eval/top1', 'eval/top5')),
         flush=True)
   return results
-
-
-def abstract_state(trainer: Trainer) -> Any:
-  """The shapes, dtypes and shardings of the trainer's state: a restore template, no init run."""
-  return jax.tree.map(lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-                      jax.eval_shape(trainer.init_state), trainer.state_sharding)
 
 
 def confusion_figure(results: dict[str, Any]) -> Figure:

@@ -35,7 +35,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-from resnet_jax import parallel
+from resnet_jax import parallel, runtime
 from resnet_jax.checkpoint import CHECKPOINT_DIR, Checkpointer
 from resnet_jax.data import folder_format
 from resnet_jax.data.decode import BadImageError
@@ -43,7 +43,6 @@ from resnet_jax.data.device_ops import prepare_images
 from resnet_jax.data.prepare import IMAGE_EXTENSIONS
 from resnet_jax.data.sources import load_split
 from resnet_jax.data.transforms import ImageTransform
-from resnet_jax.evaluate import abstract_state
 from resnet_jax.train.loop import Trainer
 from resnet_jax.train.state import eval_variables
 
@@ -101,11 +100,12 @@ class Predictor:
     ckpt = Checkpointer(workdir, keep=config.keep_checkpoints,
                         keep_best=config.keep_best_checkpoints, best_metric=config.best_metric)
     self.step = ckpt.chosen_step(checkpoint)
+    runtime.set_rng_impl(config.get('rng_impl', runtime.RNG_IMPLS[0]))   # runs from before the key
     num_classes, channels = checkpoint_shapes(ckpt.directory / str(self.step) / 'state')
     size = config.data.image_size
     trainer = Trainer(config, parallel.create_mesh(), num_classes=num_classes,
                       image_shape=(size, size, channels), steps_per_epoch=1)
-    state, _ = ckpt.restore(abstract_state(trainer), config, self.step)
+    state, _ = ckpt.restore(trainer.abstract_state, config, self.step)
     ckpt.close()
     self.variables = jax.device_get(eval_variables(state))
     self.class_names = dataset_class_names(config.data, num_classes)

@@ -272,3 +272,34 @@ def test_small_resnet_learns_and_eval_counts_every_example(tmp_path, devices):
   # accuracy is a whole number of examples out of 300.
   n_correct = summary['final']['eval/top1'] * 300
   assert abs(n_correct - round(n_correct)) < 1e-3
+
+
+def compiles_during(fn) -> list[str]:
+  """The names of the programs that JAX compiled (or read from its cache) while `fn` ran."""
+  names = []
+
+  def listener(event, duration, **kwargs):
+    if event == '/jax/core/compile/backend_compile_duration':
+      names.append(kwargs.get('fun_name', '?'))
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    fn()
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  return names
+
+
+def test_compile_train_step_ahead_leaves_nothing_to_compile_at_the_first_step(devices):
+  mesh = parallel.create_mesh(8)
+  batch = jax.device_put(random_batch(), parallel.batch_sharding(mesh))
+
+  def first_step(ahead: bool):
+    trainer = Trainer(tiny_config(), mesh, num_classes=10, image_shape=IMAGE_SHAPE,
+                      steps_per_epoch=10)
+    if ahead:
+      trainer.compile_train_step(batch)
+    state = trainer.init_state()
+    return compiles_during(lambda: jax.block_until_ready(trainer.train_step(state, batch)))
+
+  assert any('train_step' in name for name in first_step(ahead=False))
+  assert not any('train_step' in name for name in first_step(ahead=True))

@@ -4,7 +4,9 @@ Side effects live here (files, logging, signals); the steps it calls are pure. T
 waits on the device except where it must read a number: at logging, eval and checkpoint time.
 """
 
+import concurrent.futures
 import functools
+import itertools
 import math
 import time
 from pathlib import Path
@@ -16,7 +18,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from resnet_jax import data, models, parallel, plots, profiling
+from resnet_jax import data, models, parallel, plots, profiling, runtime
 from resnet_jax.checkpoint import (Checkpointer, PreemptionWatcher, check_shared_directory,
                                    is_better, write_json)
 from resnet_jax.models.summary import count_params
@@ -65,6 +67,10 @@ class Trainer:
                              image_shape=tuple(image_shape), ema=config.optimizer.ema_decay > 0)
     abstract = jax.eval_shape(init, jax.random.PRNGKey(config.seed))
     self.state_sharding = jax.tree.map(lambda _: parallel.replicated(mesh), abstract)
+    # Shapes, dtypes and shardings of the state: a restore template and a compile input.
+    self.abstract_state = jax.tree.map(
+        lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+        abstract, self.state_sharding)
     self.init = jax.jit(init, out_shardings=self.state_sharding)   # PRNG key -> state
     batch = parallel.batch_sharding(mesh)
     self.train_step = jax.jit(
@@ -80,6 +86,16 @@ class Trainer:
 
   def init_state(self) -> TrainState:
     return self.init(jax.random.PRNGKey(self.config.seed))
+
+  def compile_train_step(self, batch: dict[str, jax.Array]) -> None:
+    """Compiles the train step for batches shaped like `batch`; its first call reuses it.
+
+    Safe in a worker thread (XLA compiles without holding the GIL), so the loop compiles the
+    step while the main thread initialises the state.
+    """
+    spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                        batch)
+    self.train_step.lower(self.abstract_state, spec).compile()
 
   def evaluate(self, state: TrainState, eval_input: Iterable) -> dict[str, float]:
     """One pass over the eval split; every example counted exactly once.
@@ -154,6 +170,7 @@ def _is_boundary(step: int, every: int, steps_per_epoch: int, total: int) -> boo
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
   """Trains from scratch or from the latest checkpoint in `workdir`; returns the summary."""
+  runtime.configure(config)
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   check_shared_directory(workdir)
@@ -161,11 +178,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   trainer, train_input, eval_input = create_trainer(config)
   ckpt = Checkpointer(workdir, keep=config.keep_checkpoints, keep_best=config.keep_best_checkpoints,
                       best_metric=config.best_metric)
-  state = trainer.init_state()
+  state = None
   if ckpt.latest_step() is not None:
-    state, data_state = ckpt.restore(state, config)
+    state, data_state = ckpt.restore(trainer.abstract_state, config)
     if data_state is not None:
       train_input.set_state(data_state)
+  batches: Iterator = iter(train_input)
+  # The train step compiles in a thread while the state is initialised here.
+  first_batch = next(batches)
+  t = time.perf_counter()
+  with concurrent.futures.ThreadPoolExecutor(1) as pool:
+    compiling = pool.submit(trainer.compile_train_step, first_batch)
+    if state is None:
+      state = trainer.init_state()
+    compiling.result()
+  logging.info('train step compiled and state ready in %.1f s', time.perf_counter() - t)
+  batches = itertools.chain([first_batch], batches)
   start_step = int(state.step)
   total = trainer.total_steps
 
@@ -186,7 +214,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   best: dict[str, float] = {}
   last_log_time, last_log_step = time.perf_counter(), start_step
   t0 = time.perf_counter()
-  batches: Iterator = iter(train_input)
   step = start_step
   try:
     while step < total:
