@@ -133,13 +133,12 @@ def check_compatible(saved: dict[str, Any], config: ml_collections.ConfigDict, p
   current = config.to_dict()
   keys = [('model', k) for k in ('name', 'shortcut', 'residual', 'variant', 'width')]
   keys += [('data', k) for k in ('source', 'name', 'image_size')]
-  keys += [(None, 'rng_impl')]   # the state's PRNG key has that implementation's shape
   diffs = []
   for section, key in keys:
-    old = (saved.get(section, {}) if section else saved).get(key)
-    new = (current.get(section, {}) if section else current).get(key)
+    old = saved.get(section, {}).get(key)
+    new = current.get(section, {}).get(key)
     if old is not None and old != new:
-      diffs.append(f'{f"{section}." if section else ""}{key}: checkpoint {old!r}, config {new!r}')
+      diffs.append(f'{section}.{key}: checkpoint {old!r}, config {new!r}')
   if diffs:
     raise CheckpointMismatchError(
         f'the checkpoint {path} does not match the config ({"; ".join(diffs)}); '

@@ -57,12 +57,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.num_epochs = 1.0          # used when num_steps <= 0
   c.num_steps = 40
   c.dtype = 'float32'         # compute dtype: 'float32' or 'bfloat16'
-  # JAX's PRNG: 'threefry2x32' (JAX's default) or 'rbg'/'unsafe_rbg' (XLA's RngBitGenerator for the
-  # bits: the same distributions from another stream; the init and augmentation compile faster).
-  c.rng_impl = 'threefry2x32'
-  # True: XLA's deterministic GPU ops (xla_gpu_deterministic_ops): reproducible to the bit, and
-  # conv kernels picked by cuDNN's heuristics instead of autotuning: compiles about 3x faster,
-  # steps slower (ResNet-20 on an H200: 4.1 s instead of 12.9 s, 121K instead of 140K images/s).
+  # True: XLA's deterministic GPU ops (xla_gpu_deterministic_ops), which also skip autotuning:
+  # cuDNN's heuristics pick the conv kernels. The step compiles about 3x faster and runs about 13%
+  # slower (docs/benchmarks.md, "Compile time"): for short runs where compiling dominates.
   c.xla_deterministic = False
 
   c.optimizer = ml_collections.ConfigDict(dict(

@@ -35,7 +35,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-from resnet_jax import parallel, runtime
+from resnet_jax import parallel
 from resnet_jax.checkpoint import CHECKPOINT_DIR, Checkpointer
 from resnet_jax.data import folder_format
 from resnet_jax.data.decode import BadImageError
@@ -100,7 +100,6 @@ class Predictor:
     ckpt = Checkpointer(workdir, keep=config.keep_checkpoints,
                         keep_best=config.keep_best_checkpoints, best_metric=config.best_metric)
     self.step = ckpt.chosen_step(checkpoint)
-    runtime.set_rng_impl(config.get('rng_impl', runtime.RNG_IMPLS[0]))   # runs from before the key
     num_classes, channels = checkpoint_shapes(ckpt.directory / str(self.step) / 'state')
     size = config.data.image_size
     trainer = Trainer(config, parallel.create_mesh(), num_classes=num_classes,
