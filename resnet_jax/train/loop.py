@@ -215,6 +215,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   last_log_time, last_log_step = time.perf_counter(), start_step
   t0 = time.perf_counter()
   step = start_step
+  logging.info('training from step %d of %d', step, total)
   try:
     while step < total:
       profiler.before_step(step)
