@@ -3,9 +3,10 @@
 #
 #   benchmarks/fashion_mnist_runs.sh OUT [DATA_DIR] [fast|best|degradation|shortcuts|tta ...]
 #
-# fast: the quick recipes, one at a time (each alone on the GPU, timed with /usr/bin/time);
-#   fast_w32_eE[_overrides]_cold (see FAST_RUNS below) compiles into an empty JAX compilation
-#   cache and fast_w32_eE[_overrides]_warm reruns it from that cache. ONLY_RUNS picks runs by name.
+# fast: the fast variant (configs/fashion_mnist.py:resnet20,fast), one run at a time (each alone
+#   on the GPU, timed with /usr/bin/time): fast_eE[_overrides]_cold (see FAST_RUNS below)
+#   compiles into an empty JAX compilation cache and fast_eE[_overrides]_warm reruns it from
+#   that cache. ONLY_RUNS picks runs by name.
 # best, degradation, shortcuts: the accuracy runs and the two paper sweeps, $JOBS processes
 # sharing the GPU at once (timings of these are not reported).
 # tta: each best run's final checkpoint evaluated again with horizontal-flip test-time
@@ -19,11 +20,6 @@ shift 2 || shift $#
 parts=${*:-fast best degradation shortcuts}
 mkdir -p "$out"
 main=(python3 -m resnet_jax.main --config=configs/fashion_mnist.py "--config.data.data_dir=$data")
-at_end=(--config.eval_every_steps=1000000 --config.checkpoint_every_steps=1000000)
-fast=(--config.batch_size=512 --config.dtype=bfloat16 --config.optimizer.lr=0.4
-      --config.optimizer.lr_batch_size=512 --config.optimizer.nesterov=True
-      --config.optimizer.weight_decay=5e-4 --config.schedule.name=linear
-      --config.schedule.unit=epochs --config.schedule.warmup=1 --config.label_smoothing=0.1)
 best=(--config.batch_size=256 --config.dtype=bfloat16 --config.optimizer.nesterov=True
       --config.optimizer.weight_decay=5e-4 --config.schedule.name=cosine
       --config.schedule.unit=epochs --config.schedule.warmup=2 --config.label_smoothing=0.1
@@ -48,11 +44,12 @@ best_args() {   # one BEST_MODELS entry -> the workdir and flags of that best ru
     "--config.model.width=$width --config.num_epochs=$epochs$flags"
 }
 
-timed() {   # name, args...: one run alone, with its process wall time
+timed() {   # name, args...: one run of the fast variant alone, with its process wall time
   local name=$1; shift
   [ -n "${ONLY_RUNS:-}" ] && [[ " $ONLY_RUNS " != *" $name "* ]] && return
   /usr/bin/time -f "$name: process wall %e s" -a -o "$out/walls.txt" \
-    "${main[@]}" --workdir="$out/$name" "$@" >"$out/$name.log" 2>&1
+    "${main[@]/fashion_mnist.py/fashion_mnist.py:resnet20,fast}" --workdir="$out/$name" "$@" \
+    >"$out/$name.log" 2>&1
 }
 
 sweep_commands() {   # sweep config: its per-point commands, with this data dir and python3
@@ -68,20 +65,14 @@ jobs_file=$out/parallel_jobs.txt
 for part in $parts; do
   case $part in
     fast)
-      timed fast_w32_e15 "${fast[@]}" "${at_end[@]}" --config.model.width=32 --config.num_epochs=15
-      timed fast_w32_e20 "${fast[@]}" "${at_end[@]}" --config.model.width=32 --config.num_epochs=20
-      # Compile time: autotuning without its buffer checks, and no Triton GEMM autotuning.
-      # (Level 0, no autotuning at all, is not an option: it picked conv kernels 200x slower.)
-      XLA_FLAGS="--xla_gpu_autotune_level=1 --xla_gpu_enable_triton_gemm=false" \
-        timed fast_w32_e15_autotune1 "${fast[@]}" "${at_end[@]}" --config.model.width=32 \
-        --config.num_epochs=15
-      # Cold and warm: FAST_RUNS entries epochs[:overrides] (comma-separated config keys, as in
-      # BEST_MODELS). Each compiles into its own empty JAX compilation cache, then reruns from it.
-      # "Cold" means that cache is empty, not that the machine is fresh: a first process loads
-      # the CUDA libraries and builds matplotlib's font cache once, before any timed run.
+      # Cold and warm runs of the fast variant (configs/fashion_mnist.py:resnet20,fast), one at a
+      # time: FAST_RUNS entries epochs[:overrides] (comma-separated config keys, as in BEST_MODELS).
+      # Each compiles into its own empty JAX compilation cache, then reruns from it. "Cold" means
+      # that cache is empty, not that the machine is fresh: a first process loads the CUDA
+      # libraries and builds matplotlib's font cache before any timed run.
       python3 -c "import jax, matplotlib.pyplot; from resnet_jax.train import loop; jax.devices()" \
         >"$out/prime.log" 2>&1
-      for spec in ${FAST_RUNS:-20 30}; do
+      for spec in ${FAST_RUNS:-30 30:xla_deterministic=False}; do
         IFS=: read -r epochs overrides <<<"$spec"
         flags=() tag=""
         for kv in ${overrides//,/ }; do
@@ -91,8 +82,7 @@ for part in $parts; do
         done
         for cache in cold warm; do
           JAX_COMPILATION_CACHE_DIR=$out/jax_cache_e$epochs$tag JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 \
-            timed "fast_w32_e${epochs}${tag}_$cache" "${fast[@]}" "${at_end[@]}" --config.model.width=32 \
-            --config.num_epochs="$epochs" "${flags[@]}"
+            timed "fast_e${epochs}${tag}_$cache" --config.num_epochs="$epochs" "${flags[@]}"
         done
       done ;;
     best)

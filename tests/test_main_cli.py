@@ -43,6 +43,10 @@ def test_variants_and_overrides_reach_the_config():
   assert (c.model.name, c.data.holdout) == ('cifar_plain56', 5000)
   assert load_config('cifar10.py:resnet110').schedule.warmup == 400
   assert load_config('fashion_mnist.py:resnet56').model.name == 'cifar_resnet56'
+  fast = load_config('fashion_mnist.py:resnet20,fast')
+  assert (fast.model.name, fast.batch_size, fast.dtype, fast.schedule.name) == (
+      'cifar_resnet20', 512, 'bfloat16', 'linear')
+  assert fast.xla_deterministic and not load_config('fashion_mnist.py').xla_deterministic
 
 
 def test_unknown_variant_lists_valid_ones():
