@@ -73,7 +73,8 @@ def base_config() -> ml_collections.ConfigDict:
       decay_bn_and_bias=True,        # False: no weight decay on BN parameters and biases
       grad_clip_norm=0.0,            # 0 = off
       ema_decay=0.0,                 # 0 = off; e.g. 0.9999: EMA of params and BN statistics;
-                                     # eval/* reports it, eval/live_* the live weights
+                                     # eval/* reports it, eval/live_* the live weights (the EMA
+                                     # can fall to chance while they train: docs/results.md)
       sam_rho=0.0,                   # 0 = off; > 0: sharpness-aware gradients (SAM), 2 passes
   ))
   c.schedule = ml_collections.ConfigDict(dict(
