@@ -31,17 +31,22 @@ best=(--config.batch_size=256 --config.dtype=bfloat16 --config.optimizer.nestero
 # them (best_resnet20_w40_e50_sam_rho0.05_ema_decay0.9995).
 best_models=${BEST_MODELS:-"resnet20:40 resnet44:24"}
 
+override_flags() {   # comma-separated overrides key=value,... -> --config.key=value ...
+  local kv
+  for kv in ${1//,/ }; do echo -n " --config.$kv"; done
+}
+
+override_tag() {   # the same overrides -> a workdir-name suffix: a.b=v -> _bv
+  local kv key
+  for kv in ${1//,/ }; do key=${kv%%=*}; echo -n "_${key##*.}${kv#*=}"; done
+}
+
 best_args() {   # one BEST_MODELS entry -> the workdir and flags of that best run
-  local model width epochs overrides tag="" flags="" kv key
+  local model width epochs overrides
   IFS=: read -r model width epochs overrides <<<"$1"
   epochs=${epochs:-${BEST_EPOCHS:-60}}
-  for kv in ${overrides//,/ }; do
-    flags+=" --config.$kv"
-    key=${kv%%=*}
-    tag+="_${key##*.}${kv#*=}"
-  done
-  echo "--workdir=$out/best_${model}_w${width}_e${epochs}$tag ${best[*]}" \
-    "--config.model.width=$width --config.num_epochs=$epochs$flags"
+  echo "--workdir=$out/best_${model}_w${width}_e${epochs}$(override_tag "$overrides") ${best[*]}" \
+    "--config.model.width=$width --config.num_epochs=$epochs$(override_flags "$overrides")"
 }
 
 timed() {   # name, args...: one run of the fast variant alone, with its process wall time
@@ -74,15 +79,11 @@ for part in $parts; do
         >"$out/prime.log" 2>&1
       for spec in ${FAST_RUNS:-30 30:xla_deterministic=False}; do
         IFS=: read -r epochs overrides <<<"$spec"
-        flags=() tag=""
-        for kv in ${overrides//,/ }; do
-          flags+=("--config.$kv")
-          key=${kv%%=*}
-          tag+="_${key##*.}${kv#*=}"
-        done
+        tag=$(override_tag "$overrides")
         for cache in cold warm; do
+          # shellcheck disable=SC2046  # the flags split into words (no spaces in a value)
           JAX_COMPILATION_CACHE_DIR=$out/jax_cache_e$epochs$tag JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 \
-            timed "fast_e${epochs}${tag}_$cache" --config.num_epochs="$epochs" "${flags[@]}"
+            timed "fast_e${epochs}${tag}_$cache" --config.num_epochs="$epochs" $(override_flags "$overrides")
         done
       done ;;
     best)

@@ -20,6 +20,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 
+from resnet_jax import parallel
 from resnet_jax.train.state import TrainState
 
 CHECKPOINT_DIR = 'checkpoints'
@@ -94,9 +95,7 @@ class Checkpointer:
     path = self.directory / str(step)
     saved_config = self._restore_item(step, 'config', ocp.args.JsonRestore())
     check_compatible(saved_config, config, path)
-    abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), template)
-    state = self._restore_item(step, 'state', ocp.args.StandardRestore(abstract))
+    state = self._restore_item(step, 'state', ocp.args.StandardRestore(parallel.abstract(template)))
     data_state = None
     if (path / 'data').exists():
       data_state = self._restore_item(step, 'data', ocp.args.JsonRestore())

@@ -40,6 +40,11 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
+def abstract(tree: Any) -> Any:
+  """Shapes, dtypes and shardings of a pytree of arrays (or specs), without the data."""
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+
+
 def check_batch_size(batch_size: int, mesh: Mesh, what: str = 'batch_size') -> None:
   """Refuses a global batch that the devices (and processes) cannot share evenly."""
   n = mesh.devices.size

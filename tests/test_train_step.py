@@ -10,9 +10,10 @@ from resnet_jax import parallel
 from resnet_jax.config_base import base_config
 from resnet_jax.data.device_ops import prepare_images
 from resnet_jax.train import optim
-from resnet_jax.train.loop import Trainer
+from resnet_jax.train.loop import Trainer, train_and_evaluate
 from resnet_jax.train.state import eval_variables
 from resnet_jax.train.steps import cross_entropy
+from tests.helpers import fake_config
 
 IMAGE_SHAPE = (16, 16, 3)
 
@@ -303,3 +304,10 @@ def test_compile_train_step_ahead_leaves_nothing_to_compile_at_the_first_step(de
 
   assert any('train_step' in name for name in first_step(ahead=False))
   assert not any('train_step' in name for name in first_step(ahead=True))
+
+
+def test_rerunning_a_finished_run_compiles_no_train_step(tmp_path, devices):
+  config = fake_config(num_steps=2)
+  train_and_evaluate(config, tmp_path)
+  again = compiles_during(lambda: train_and_evaluate(config, tmp_path))
+  assert not any('train_step' in name for name in again)

@@ -93,9 +93,7 @@ class Trainer:
     Safe in a worker thread (XLA compiles without holding the GIL), so the loop compiles the
     step while the main thread initialises the state.
     """
-    spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-                        batch)
-    self.train_step.lower(self.abstract_state, spec).compile()
+    self.train_step.lower(self.abstract_state, parallel.abstract(batch)).compile()
 
   def evaluate(self, state: TrainState, eval_input: Iterable) -> dict[str, float]:
     """One pass over the eval split; every example counted exactly once.
@@ -184,16 +182,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     if data_state is not None:
       train_input.set_state(data_state)
   batches: Iterator = iter(train_input)
-  # The train step compiles in a thread while the state is initialised here.
-  first_batch = next(batches)
-  t = time.perf_counter()
-  with concurrent.futures.ThreadPoolExecutor(1) as pool:
-    compiling = pool.submit(trainer.compile_train_step, first_batch)
-    if state is None:
-      state = trainer.init_state()
-    compiling.result()
-  logging.info('train step compiled and state ready in %.1f s', time.perf_counter() - t)
-  batches = itertools.chain([first_batch], batches)
+  if state is None or int(state.step) < trainer.total_steps:   # a finished run compiles nothing
+    # The train step compiles in a thread while the state is initialised here.
+    first_batch = next(batches)
+    t = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+      compiling = pool.submit(trainer.compile_train_step, first_batch)
+      if state is None:
+        state = trainer.init_state()
+      compiling.result()
+    logging.info('train step compiled and state ready in %.1f s', time.perf_counter() - t)
+    batches = itertools.chain([first_batch], batches)
   start_step = int(state.step)
   total = trainer.total_steps
 
