@@ -1,5 +1,6 @@
 """Decoding of every image mode, the crop plans, crop-then-resize, CIFAR pad-crop, device_ops."""
 
+import dataclasses
 import io
 
 import jax
@@ -114,6 +115,20 @@ def test_center_crop_box():
   assert transforms.center_crop_box(32, 32, size=32) == (0, 0, 32, 32)
   assert transforms.center_crop_box(40, 30, size=16) == (12, 7, 28, 23)   # plain crop
   assert transforms.center_crop_box(10, 20, size=16) == (0, 5, 10, 15)   # scaled up to 16
+
+
+def test_fast_decode_is_close_to_the_exact_decode_and_only_for_training_crops():
+  photo = Image.fromarray(rgb_image(64, 48)).resize((320, 240), Image.BICUBIC)
+  data = encode(photo.filter(ImageFilter.GaussianBlur(4)), 'JPEG', quality=90)
+  exact = np.asarray(load_pixels(open_image(data, 'k'), 3, 'k'), int)
+  fast = np.asarray(load_pixels(open_image(data, 'k'), 3, 'k', fast=True), int)
+  assert fast.shape == exact.shape
+  assert 0 < np.abs(fast - exact).mean() < 3   # another IDCT and upsampling: a few levels off
+  t = transforms.ImageTransform(augment='inception_crop', size=64, channels=3)
+  exact_t = dataclasses.replace(t, fast_decode=False)
+  np.testing.assert_array_equal(t.eval(data, 'k'), exact_t.eval(data, 'k'))
+  crops = [x.train(data, 'k', np.random.default_rng(3)).astype(int) for x in (t, exact_t)]
+  assert 0 < np.abs(crops[0] - crops[1]).mean() < 3
 
 
 def test_crop_then_resize_equals_resize_then_crop():

@@ -73,21 +73,22 @@ def center_crop_box(width: int, height: int, *, size: int, resize: int = 0) -> B
 
 
 def crop_resize(image: Header, box: Box, size: int, channels: int, key: str,
-                flips: tuple[bool, bool] = (False, False)) -> np.ndarray:
+                flips: tuple[bool, bool] = (False, False), fast_decode: bool = False) -> np.ndarray:
   """Decodes `image` (opened, not loaded), resizes the `box` region to size x size and applies
-  the (horizontal, vertical) `flips`."""
-  pixels, box = decode_for_box(image, box, size, channels, key)
+  the (horizontal, vertical) `flips`. `fast_decode`: as `decode.load_pixels`'s `fast`."""
+  pixels, box = decode_for_box(image, box, size, channels, key, fast_decode)
   return flipped_array(resize_box(pixels, box, size), flips)
 
 
-def decode_for_box(image: Header, box: Box, size: int, channels: int,
-                   key: str) -> tuple[Image.Image, Box]:
+def decode_for_box(image: Header, box: Box, size: int, channels: int, key: str,
+                   fast: bool = False) -> tuple[Image.Image, Box]:
   """The pixels of `image`, a JPEG at the smallest scale that keeps the `box` at least size x size,
   and the box in those pixels."""
   width, height = image.size
   shrink = max(1.0, min(box[2] - box[0], box[3] - box[1]) / size)
   pixels = load_pixels(image, channels, key,
-                       draft_size=(math.ceil(width / shrink), math.ceil(height / shrink)))
+                       draft_size=(math.ceil(width / shrink), math.ceil(height / shrink)),
+                       fast=fast)
   sx, sy = pixels.width / width, pixels.height / height   # < 1 when JPEG draft scaled down
   return pixels, (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
 
@@ -147,6 +148,7 @@ class ImageTransform:
   pad: int = 4
   hflip: bool = True
   vflip: bool = False
+  fast_decode: bool = True   # training crops only; eval decodes exactly
 
   def __post_init__(self):
     if self.augment not in AUGMENTS:
@@ -158,7 +160,8 @@ class ImageTransform:
   @classmethod
   def from_config(cls, d: ml_collections.ConfigDict, channels: int) -> 'ImageTransform':
     return cls(augment=d.augment, size=d.image_size, channels=channels, eval_resize=d.eval_resize,
-               scale_range=tuple(d.scale_range), pad=d.pad, hflip=d.hflip, vflip=d.vflip)
+               scale_range=tuple(d.scale_range), pad=d.pad, hflip=d.hflip, vflip=d.vflip,
+               fast_decode=d.fast_decode)
 
   def train(self, data: bytes | np.ndarray, key: str, rng: np.random.Generator) -> np.ndarray:
     if self.augment == 'none':
@@ -168,7 +171,7 @@ class ImageTransform:
       return flip(image, random_flips(rng, hflip=self.hflip, vflip=self.vflip))
     header = open_image(data, key)
     return crop_resize(header, self.train_box(*header.size, rng), self.size, self.channels, key,
-                       random_flips(rng, hflip=self.hflip, vflip=self.vflip))
+                       random_flips(rng, hflip=self.hflip, vflip=self.vflip), self.fast_decode)
 
   def train_box(self, width: int, height: int, rng: np.random.Generator) -> Box:
     """The random crop of the 'imagenet_scale' or 'inception_crop' augmentation."""
