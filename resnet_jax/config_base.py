@@ -75,8 +75,12 @@ def base_config() -> ml_collections.ConfigDict:
       decay_bn_and_bias=True,        # False: no weight decay on BN parameters and biases
       grad_clip_norm=0.0,            # 0 = off
       ema_decay=0.0,                 # 0 = off; e.g. 0.9999: EMA of params and BN statistics;
-                                     # eval/* reports it, eval/live_* the live weights (the EMA
-                                     # can fall to chance while they train: docs/results.md)
+                                     # eval/* reports it, eval/live_* the live weights (with
+                                     # averaged statistics the EMA can fall to chance while they
+                                     # train: docs/results.md; see ema_bn_batches)
+      ema_bn_batches=0,              # N > 0: before each eval, the EMA weights' BN statistics
+                                     # are recomputed on the last N training batches (as SWA
+                                     # does) instead of averaged from the live weights'
       sam_rho=0.0,                   # 0 = off; > 0: sharpness-aware gradients (SAM), 2 passes
   ))
   c.schedule = ml_collections.ConfigDict(dict(

@@ -10,7 +10,7 @@ from resnet_jax import parallel
 from resnet_jax.config_base import base_config
 from resnet_jax.data.device_ops import prepare_images
 from resnet_jax.train import optim
-from resnet_jax.train.loop import Trainer, train_and_evaluate
+from resnet_jax.train.loop import EmaStatistics, Trainer, train_and_evaluate
 from resnet_jax.train.state import eval_variables
 from resnet_jax.train.steps import cross_entropy
 from tests.helpers import fake_config
@@ -129,6 +129,53 @@ def test_evaluation_with_an_ema_reports_the_ema_and_the_live_weights(devices):
     assert both[f'eval/live_{k}'] == pytest.approx(live_only[f'eval/{k}'], rel=1e-6)
     assert both[f'eval/{k}'] == pytest.approx(ema_as_live[f'eval/{k}'], rel=1e-6)
   assert both['eval/loss'] != pytest.approx(both['eval/live_loss'], rel=1e-4)
+
+
+def test_ema_bn_statistics_recomputed_for_shrunken_weights_match_the_live_weights(devices):
+  """Weights averaged while they turn are shorter than the live ones. With BN statistics
+  recomputed on the last training batches (optimizer.ema_bn_batches), conv kernels at half
+  length give the live net's outputs (BN is scale-invariant); with the live statistics they do
+  not."""
+  config = tiny_config()
+  config.optimizer.update(ema_decay=0.5, ema_bn_batches=3)
+  mesh = parallel.create_mesh(8)
+  trainer = Trainer(config, mesh, num_classes=10, image_shape=IMAGE_SHAPE, steps_per_epoch=10)
+  sharding = parallel.batch_sharding(mesh)
+  state = trainer.init_state()
+  for seed in range(2):
+    state, _ = trainer.train_step(state, jax.device_put(random_batch(seed=seed), sharding))
+  half = jax.tree.map(lambda p: p * 0.5 if p.ndim == 4 else p, state.params)   # conv kernels
+  shrunk = state.replace(ema_params=half, ema_batch_stats=state.batch_stats)
+  live = state.replace(ema_params=state.params)
+
+  ema_statistics = EmaStatistics(trainer)
+  ema_statistics.observe(6, shrunk, jax.device_put(random_batch(seed=2), sharding))  # eval at 10
+  assert ema_statistics.count == 0 and ema_statistics.recomputed(shrunk) is shrunk
+  recomputed = {}
+  for name, s in (('shrunk', shrunk), ('live', live)):
+    for step, seed in zip((7, 8, 9), (3, 4, 5)):
+      ema_statistics.observe(step, s, jax.device_put(random_batch(seed=seed), sharding))
+    assert ema_statistics.count == 3
+    recomputed[name] = ema_statistics.recomputed(s)
+    assert ema_statistics.count == 0
+
+  images = prepare_images(random_batch(seed=9)['image'], None, train=False,
+                          data_config=config.data, dtype=jnp.float32)
+  logits = lambda params, stats: trainer.model.apply(
+      {'params': params, 'batch_stats': stats}, images, train=False)
+  reference = logits(state.params, recomputed['live'].ema_batch_stats)
+  np.testing.assert_allclose(logits(half, recomputed['shrunk'].ema_batch_stats), reference,
+                             rtol=1e-3, atol=1e-3)
+  assert not np.allclose(logits(half, state.batch_stats), reference, rtol=0.1, atol=0.1)
+  first_mean = lambda s: jax.tree.leaves(s.ema_batch_stats)[0]   # a BN layer's mean or var
+  assert not np.allclose(first_mean(recomputed['shrunk']), first_mean(recomputed['live']))
+
+
+def test_ema_bn_batches_needs_an_ema():
+  config = tiny_config()
+  config.optimizer.ema_bn_batches = 5
+  with pytest.raises(ValueError, match='ema_bn_batches=5 needs an EMA'):
+    optim.create_optimizer(config, optax.constant_schedule(0.1))
 
 
 def test_sam_step_uses_the_gradient_at_the_perturbed_weights(devices):
@@ -311,3 +358,22 @@ def test_rerunning_a_finished_run_compiles_no_train_step(tmp_path, devices):
   train_and_evaluate(config, tmp_path)
   again = compiles_during(lambda: train_and_evaluate(config, tmp_path))
   assert not any('train_step' in name for name in again)
+
+
+def test_loop_stores_the_recomputed_ema_statistics_and_trains_as_without(tmp_path, devices):
+  """With ema_bn_batches the loop trains exactly as without (same params, same EMA params) and
+  its checkpoint holds recomputed EMA statistics in place of the averaged ones."""
+  from resnet_jax.checkpoint import Checkpointer
+  from resnet_jax.train.loop import create_trainer
+  states = {}
+  for n in (0, 2):
+    config = fake_config(num_steps=6, eval_every_steps=3)
+    config.optimizer.update(ema_decay=0.8, ema_bn_batches=n)
+    summary = train_and_evaluate(config, tmp_path / str(n))
+    assert summary['steps'] == 6 and 'eval/live_top1' in summary['final']
+    trainer, _, _ = create_trainer(config, train=False)
+    states[n], _ = Checkpointer(tmp_path / str(n)).restore(trainer.abstract_state, config)
+  assert_trees_close(states[2].params, states[0].params)
+  assert_trees_close(states[2].ema_params, states[0].ema_params)
+  assert not np.allclose(jax.tree.leaves(states[2].ema_batch_stats)[0],
+                         jax.tree.leaves(states[0].ema_batch_stats)[0])

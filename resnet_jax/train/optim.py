@@ -62,6 +62,9 @@ def create_optimizer(config: ml_collections.ConfigDict,
     raise ValueError(f"unknown optimizer.name {o.name!r}; valid: 'sgd'")
   if o.sam_rho < 0:
     raise ValueError(f'optimizer.sam_rho must be >= 0 (0 = off), got {o.sam_rho}')
+  if o.ema_bn_batches < 0 or (o.ema_bn_batches and not o.ema_decay > 0):
+    raise ValueError(f'optimizer.ema_bn_batches={o.ema_bn_batches} needs an EMA '
+                     f'(optimizer.ema_decay > 0, got {o.ema_decay}) and must be >= 0')
   mask = None if o.decay_bn_and_bias else _decay_mask
   decay = optax.add_decayed_weights(o.weight_decay, mask) if o.weight_decay else None
   momentum = optax.trace(decay=o.momentum, nesterov=o.nesterov) if o.momentum else None

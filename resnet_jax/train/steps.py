@@ -82,6 +82,19 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: Any,
   return new_state, metrics
 
 
+def ema_batch_statistics(state: TrainState, batch: dict[str, jax.Array], *, stats_model: Any,
+                         config: ml_collections.ConfigDict) -> Any:
+  """The BN statistics of the EMA weights on `batch`, augmented as `train_step` augments it at
+  this state's step. `stats_model` is the model with BN momentum 0, whose updated running
+  statistics are the batch's own."""
+  rng = jax.random.fold_in(state.rng, state.step)
+  images = prepare_images(batch['image'], rng, train=True, data_config=config.data,
+                          dtype=jnp.dtype(config.dtype))
+  _, updates = stats_model.apply({'params': state.ema_params, 'batch_stats': state.ema_batch_stats},
+                                 images, train=True, mutable=['batch_stats'])
+  return updates['batch_stats']
+
+
 def eval_step(variables: dict[str, Any], batch: dict[str, jax.Array], *, model: Any,
               config: ml_collections.ConfigDict) -> Metrics:
   """Sums over the real (unmasked) examples of one eval batch: loss, top-1, top-5, count.
