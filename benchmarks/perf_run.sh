@@ -7,7 +7,8 @@
 #           comma-separated cases to run, default all)
 # levers:   benchmarks/levers.py for the cases in $LEVERS (one process each; rn50_base profiles)
 # pipeline: 2,048 generated 500x375 q90 JPEGs prepared as a folder dataset; the data benchmark
-#           with $WORKERS grain workers (both crops); ResNet-50 of configs/image_folder.py
+#           with $WORKERS grain workers (crops $AUGMENTS, JPEG decoding $DECODES: fast and exact
+#           IDCT and upsampling); ResNet-50 of configs/image_folder.py
 #           (random-resized crops) on synthetic data and fed by that pipeline
 #
 # Each part writes WORK/<part>.txt and WORK/<part>/ (WORK defaults to /tmp/perf_run); after each
@@ -43,8 +44,11 @@ generate_jpegs(Path('$work/jpegs'), ${NUM_JPEGS:-2048})"
       {
         for w in ${WORKERS:-15}; do
           for augment in ${AUGMENTS:-inception_crop imagenet_scale}; do
-            python3 -m resnet_jax.data.benchmark --folder "$data" --workers "$w" --batch-size 256 \
-              --warmup $((3 * w)) --steps 60 --augment "$augment"
+            for decode in ${DECODES:-fast exact}; do
+              python3 -m resnet_jax.data.benchmark --folder "$data" --workers "$w" --batch-size 256 \
+                --warmup $((3 * w)) --steps 60 --augment "$augment" \
+                $([ "$decode" = exact ] && echo --exact-decode)
+            done
           done
         done
         rn50=(python3 -m resnet_jax.benchmark --config=configs/image_folder.py:resnet50

@@ -20,9 +20,11 @@ values are written as Python's json writes them (`NaN`, `Infinity`).
 Nothing here touches JAX; only the writer classes have side effects.
 """
 
+import importlib
 import json
 import socket
 import struct
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -123,9 +125,25 @@ def _last_record(path: Path) -> dict[str, Any] | None:
   return None
 
 
+def tensorboardx(module: str):
+  """`tensorboardX.<module>`, imported without torch.
+
+  tensorboardX's package imports torch wherever it is installed, only to accept torch tensors
+  (which nothing here passes): seconds of start-up on GPU hosts that have torch. Unless torch is
+  loaded already, the first import runs with `import torch` failing, as if it were absent.
+  """
+  if 'tensorboardX' not in sys.modules and 'torch' not in sys.modules:
+    sys.modules['torch'] = None   # makes `import torch` raise ImportError
+    try:
+      importlib.import_module('tensorboardX')
+    finally:
+      del sys.modules['torch']
+  return importlib.import_module(f'tensorboardX.{module}')
+
+
 def tf_record(data: bytes) -> bytes:
   """One TFRecord: length, its masked CRC-32C, the data, its masked CRC-32C."""
-  from tensorboardX.record_writer import masked_crc32c
+  masked_crc32c = tensorboardx('record_writer').masked_crc32c
   header = struct.pack('<Q', len(data))
   return (header + struct.pack('<I', masked_crc32c(header)) + data
           + struct.pack('<I', masked_crc32c(data)))
@@ -155,7 +173,8 @@ class MetricWriter:
 
   def _write_event(self, step: int | None, summary=None) -> None:
     """Appends an event with `summary` (opening the event file on first use) and flushes it."""
-    from tensorboardX.proto.event_pb2 import Event, SessionLog
+    event_pb2 = tensorboardx('proto.event_pb2')
+    Event, SessionLog = event_pb2.Event, event_pb2.SessionLog
     if self._events is None:
       name = f'events.out.tfevents.{time.time():.6f}.{socket.gethostname()}'
       self._events = open(self.workdir / name, 'ab')
@@ -175,7 +194,7 @@ class MetricWriter:
     """One metrics.jsonl line (step, epoch/extra if given, time, scalars) and TB scalars."""
     if not self.enabled:
       return
-    from tensorboardX.proto.summary_pb2 import Summary
+    Summary = tensorboardx('proto.summary_pb2').Summary
     clash = [k for k in scalars if k in _RESERVED]
     if clash:
       raise ValueError(f'scalar names {clash} are reserved for the record itself')
@@ -192,7 +211,8 @@ class MetricWriter:
     """The config as a text summary (JSON) and as hyperparameters (flattened dotted keys)."""
     if not self.enabled:
       return
-    from tensorboardX.summary import hparams, text
+    summary = tensorboardx('summary')
+    hparams, text = summary.hparams, summary.text
     body = json.dumps(config, indent=2, sort_keys=True, default=str)
     self._write_event(None, text('config', '    ' + body.replace('\n', '\n    ')))  # code block
     flat = {k: hparam_value(v) for k, v in flatten(config).items()}
@@ -205,7 +225,7 @@ class MetricWriter:
     """A PNG file (logged as is) or an array [H, W] / [H, W, C] (uint8, or floats in [0, 1])."""
     if not self.enabled:
       return
-    from tensorboardX.proto.summary_pb2 import Summary
+    Summary = tensorboardx('proto.summary_pb2').Summary
     if isinstance(image, (str, Path)):
       data = Path(image).read_bytes()
       try:
@@ -216,7 +236,7 @@ class MetricWriter:
                             encoded_image_string=data)
       summary = Summary(value=[Summary.Value(tag=tag, image=proto)])
     else:
-      from tensorboardX.summary import image as image_summary
+      image_summary = tensorboardx('summary').image
       array = np.asarray(image)
       summary = image_summary(tag, array if array.ndim == 3 else array[..., None],
                               dataformats='HWC')

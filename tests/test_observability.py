@@ -430,3 +430,24 @@ def test_kernel_categories_come_from_kernel_names(kernel, category):
 def test_kernel_breakdown_needs_a_trace(tmp_path):
   with pytest.raises(FileNotFoundError, match='xplane'):
     profiling.kernel_breakdown(tmp_path, num_steps=1, step_ms=1.0)
+
+
+def test_writer_never_imports_torch_where_it_is_installed(tmp_path):
+  """tensorboardX imports torch where it is installed (seconds of start-up); the writer keeps it
+  out. A stand-in torch package that fails on import plays the installed torch."""
+  (tmp_path / 'torch').mkdir()
+  (tmp_path / 'torch' / '__init__.py').write_text("raise RuntimeError('torch was imported')\n")
+  script = (
+      "import sys\n"
+      "from resnet_jax.writers import MetricWriter\n"
+      f"w = MetricWriter({str(tmp_path / 'run')!r}, enabled=True)\n"
+      "w.write_config({'a': 1})\n"
+      "w.write_scalars(1, {'train/loss': 0.5})\n"
+      "w.write_image('x', 1, __import__('numpy').zeros((4, 4), 'uint8'))\n"
+      "w.close()\n"
+      "assert 'torch' not in sys.modules\n"
+      "print('ok')\n")
+  env = dict(__import__('os').environ, PYTHONPATH=f'{tmp_path}:{Path.cwd()}')
+  out = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True, text=True)
+  assert out.returncode == 0 and out.stdout.strip() == 'ok', out.stderr
+  assert len(read_events(tmp_path / 'run')) >= 4

@@ -345,12 +345,24 @@ def test_compile_train_step_ahead_leaves_nothing_to_compile_at_the_first_step(de
     trainer = Trainer(tiny_config(), mesh, num_classes=10, image_shape=IMAGE_SHAPE,
                       steps_per_epoch=10)
     if ahead:
-      trainer.compile_train_step(batch)
+      trainer.compile_train_step()
     state = trainer.init_state()
     return compiles_during(lambda: jax.block_until_ready(trainer.train_step(state, batch)))
 
   assert any('train_step' in name for name in first_step(ahead=False))
   assert not any('train_step' in name for name in first_step(ahead=True))
+
+
+@pytest.mark.parametrize('source', ['fake', 'idx'])
+def test_a_run_compiles_its_train_step_once(tmp_path, devices, source):
+  """The step compiled ahead (from the batch every input gives) is the one the loop runs."""
+  from tests.helpers import write_idx_dataset
+  config = fake_config(num_steps=2)
+  if source == 'idx':
+    config.data.update(source='idx', name='fashion_mnist', image_size=28, device_resident=True,
+                       data_dir=str(write_idx_dataset(tmp_path / 'data', 256, 64)))
+  names = compiles_during(lambda: train_and_evaluate(config, tmp_path / 'run'))
+  assert len([name for name in names if 'train_step' in name]) == 1, names
 
 
 def test_rerunning_a_finished_run_compiles_no_train_step(tmp_path, devices):

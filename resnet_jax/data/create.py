@@ -8,7 +8,6 @@ import ml_collections
 from jax.sharding import Mesh
 
 from resnet_jax import parallel
-from resnet_jax.data import grain_loader
 from resnet_jax.data.device_resident import device_resident_input
 from resnet_jax.data.fake import fake_input
 from resnet_jax.data.global_batches import prefetch, to_global
@@ -21,6 +20,7 @@ from resnet_jax.data.transforms import ImageTransform
 def grain_input(split: Split, d: ml_collections.ConfigDict, mesh: Mesh, *, train: bool,
                 batch_size: int, seed: int, process_index: int, process_count: int) -> Input:
   """Batches decoded and augmented by grain on the host, each process reading its own share."""
+  from resnet_jax.data import grain_loader   # imports grain (~1 s): only for host pipelines
   transform = ImageTransform.from_config(d, split.channels)
   load = grain_loader.LoadExample(split.records, transform, train=train,
                                   skip_bad_images=d.skip_bad_images)

@@ -1,11 +1,12 @@
-"""`data.source` -> the split to read: tfds, idx files or a prepared image folder."""
+"""`data.source` -> the split to read: tfds, idx files or a prepared image folder.
+
+Each source's module is imported when it is used: tfds and grain take about a second to import,
+which a short run from idx files on the devices need not pay.
+"""
 
 import ml_collections
 
-from resnet_jax.data.folder_source import load_folder_split
-from resnet_jax.data.idx_source import load_idx_split
 from resnet_jax.data.splits import Split, holdout_part
-from resnet_jax.data.tfds_source import load_tfds_split
 
 RECORD_SOURCES = ('tfds', 'idx', 'folder')
 
@@ -19,10 +20,13 @@ def load_split(d: ml_collections.ConfigDict, *, train: bool) -> Split:
   if d.source == 'tfds':
     if not d.name:
       raise ValueError("data.source='tfds' needs data.name (e.g. 'cifar10', 'imagenet2012')")
+    from resnet_jax.data.tfds_source import load_tfds_split
     split = load_tfds_split(d.name, name, d.data_dir)
   elif d.source == 'idx':
+    from resnet_jax.data.idx_source import load_idx_split
     split = load_idx_split(d.name, name, d.data_dir)
   else:
+    from resnet_jax.data.folder_source import load_folder_split
     split = load_folder_split(name, d.data_dir)
   if d.holdout:
     split = holdout_part(split, d.holdout, train=train)

@@ -6,6 +6,7 @@ waits on the device except where it must read a number: at logging, eval and che
 
 import concurrent.futures
 import functools
+import importlib
 import itertools
 import math
 import time
@@ -18,7 +19,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from resnet_jax import data, models, parallel, plots, profiling, runtime
+from resnet_jax import data, models, parallel, profiling, runtime
 from resnet_jax.checkpoint import (Checkpointer, PreemptionWatcher, check_shared_directory,
                                    is_better, write_json)
 from resnet_jax.models.summary import count_params
@@ -60,6 +61,7 @@ class Trainer:
     self.config = config
     self.mesh = mesh
     self.model = create_model_from_config(config, num_classes)
+    self.image_shape = tuple(image_shape)
     self.steps_per_epoch = steps_per_epoch
     self.total_steps = total_train_steps(config, steps_per_epoch)
     self.schedule = optim.create_schedule(config, steps_per_epoch, self.total_steps)
@@ -93,13 +95,17 @@ class Trainer:
   def init_state(self) -> TrainState:
     return self.init(jax.random.PRNGKey(self.config.seed))
 
-  def compile_train_step(self, batch: dict[str, jax.Array]) -> None:
-    """Compiles the train step for batches shaped like `batch`; its first call reuses it.
+  def compile_train_step(self) -> None:
+    """Compiles the train step for the batches every train input gives (uint8 images of
+    `image_shape`, int32 labels, sharded over the mesh); its first call reuses it.
 
     Safe in a worker thread (XLA compiles without holding the GIL), so the loop compiles the
-    step while the main thread initialises the state.
+    step while the main thread makes the first batch and initialises the state.
     """
-    self.train_step.lower(self.abstract_state, parallel.abstract(batch)).compile()
+    n, sharding = self.config.batch_size, parallel.batch_sharding(self.mesh)
+    batch = {'image': jax.ShapeDtypeStruct((n, *self.image_shape), jnp.uint8, sharding=sharding),
+             'label': jax.ShapeDtypeStruct((n,), jnp.int32, sharding=sharding)}
+    self.train_step.lower(self.abstract_state, batch).compile()
 
   def evaluate(self, state: TrainState, eval_input: Iterable) -> dict[str, float]:
     """One pass over the eval split; every example counted exactly once.
@@ -209,8 +215,19 @@ def _is_boundary(step: int, every: int, steps_per_epoch: int, total: int) -> boo
   return step % period == 0 or step == total
 
 
+def _import_in_background(name: str) -> concurrent.futures.Future:
+  """Imports module `name` in a thread: the future's result is the module."""
+  pool = concurrent.futures.ThreadPoolExecutor(1)
+  future = pool.submit(importlib.import_module, name)
+  pool.shutdown(wait=False)
+  return future
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
   """Trains from scratch or from the latest checkpoint in `workdir`; returns the summary."""
+  # matplotlib, for the plots at the end, takes about a second to import: a thread imports it
+  # while the data loads and the steps compile.
+  importing_plots = _import_in_background('resnet_jax.plots')
   runtime.configure(config)
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
@@ -226,15 +243,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
       train_input.set_state(data_state)
   batches: Iterator = iter(train_input)
   if state is None or int(state.step) < trainer.total_steps:   # a finished run compiles nothing
-    # The train step compiles in a thread while the state is initialised here.
-    first_batch = next(batches)
+    # The train step compiles in a thread while the first batch is made and the state is
+    # initialised here.
     t = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-      compiling = pool.submit(trainer.compile_train_step, first_batch)
+      compiling = pool.submit(trainer.compile_train_step)
+      first_batch = next(batches)
       if state is None:
         state = trainer.init_state()
       compiling.result()
-    logging.info('train step compiled and state ready in %.1f s', time.perf_counter() - t)
+    logging.info('train step compiled, first batch and state ready in %.1f s',
+                 time.perf_counter() - t)
     batches = itertools.chain([first_batch], batches)
   start_step = int(state.step)
   total = trainer.total_steps
@@ -313,7 +332,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   }
   if main:
     write_json(workdir / 'summary.json', summary)
-    for path in plots.write_plots(workdir):
+    for path in importing_plots.result().write_plots(workdir):
       writer.write_image(f'plots/{Path(path).stem}', step, path)
     print(format_end_summary(summary), flush=True)
   writer.close()
