@@ -43,7 +43,7 @@ def init_seconds(config_arg: str) -> dict[str, float]:
   trainer = Trainer(config, mesh, num_classes=10, image_shape=(28, 28, 1), steps_per_epoch=100)
   key = jax.random.PRNGKey(0)
   t = time.perf_counter()
-  compiled = trainer.init.lower(key).compile()
+  compiled = trainer._init.lower(key).compile()
   times['accelerator: compile'] = time.perf_counter() - t
   t = time.perf_counter()
   jax.block_until_ready(compiled(key))

@@ -109,8 +109,7 @@ def reference_state(config, num_steps: int):
     shards.append(grain_loader.host_batches(ds))
   trainer = Trainer(config, mesh, num_classes=10, image_shape=(28, 28, 1),
                     steps_per_epoch=steps_per_epoch)
-  key = jax.random.PRNGKey(config.seed)
-  state = compile_like_processes(trainer.init, key)(key)
+  state = trainer.init_state()
   train_step = None
   for _ in range(num_steps):
     parts = [next(shard) for shard in shards]

@@ -337,7 +337,7 @@ def compiles_during(fn) -> list[str]:
   return names
 
 
-def test_compile_train_step_ahead_leaves_nothing_to_compile_at_the_first_step(devices):
+def test_compiling_the_steps_ahead_leaves_nothing_to_compile_at_the_first_steps(devices):
   mesh = parallel.create_mesh(8)
   batch = jax.device_put(random_batch(), parallel.batch_sharding(mesh))
 
@@ -345,24 +345,29 @@ def test_compile_train_step_ahead_leaves_nothing_to_compile_at_the_first_step(de
     trainer = Trainer(tiny_config(), mesh, num_classes=10, image_shape=IMAGE_SHAPE,
                       steps_per_epoch=10)
     if ahead:
-      trainer.compile_train_step()
+      trainer.compile_steps()
     state = trainer.init_state()
-    return compiles_during(lambda: jax.block_until_ready(trainer.train_step(state, batch)))
+    eval_batch = jax.device_put(dict(random_batch(), mask=np.ones(32, bool)),
+                                parallel.batch_sharding(mesh))
+    return compiles_during(
+        lambda: trainer.evaluate(trainer.train_step(state, batch)[0], [eval_batch]))
 
-  assert any('train_step' in name for name in first_step(ahead=False))
-  assert not any('train_step' in name for name in first_step(ahead=True))
+  cold, ahead = first_step(ahead=False), first_step(ahead=True)
+  for step in ('train_step', 'eval_step'):
+    assert any(step in name for name in cold) and not any(step in name for name in ahead)
 
 
 @pytest.mark.parametrize('source', ['fake', 'idx'])
-def test_a_run_compiles_its_train_step_once(tmp_path, devices, source):
-  """The step compiled ahead (from the batch every input gives) is the one the loop runs."""
+def test_a_run_compiles_its_steps_once(tmp_path, devices, source):
+  """The steps compiled ahead (for the batches every input gives) are the ones the loop runs."""
   from tests.helpers import write_idx_dataset
   config = fake_config(num_steps=2)
   if source == 'idx':
     config.data.update(source='idx', name='fashion_mnist', image_size=28, device_resident=True,
                        data_dir=str(write_idx_dataset(tmp_path / 'data', 256, 64)))
   names = compiles_during(lambda: train_and_evaluate(config, tmp_path / 'run'))
-  assert len([name for name in names if 'train_step' in name]) == 1, names
+  for step in ('train_step', 'eval_step'):
+    assert sum(step in name for name in names) == 1, names
 
 
 def test_rerunning_a_finished_run_compiles_no_train_step(tmp_path, devices):
