@@ -122,7 +122,7 @@ def test_every_point_builds_its_model(spec):
   for point, full in sweep_points(spec):
     config = cheap(full)
     trainer, _, _ = create_trainer(config)
-    check_model_matches_point(jax.eval_shape(trainer.init_state).params, config)
+    check_model_matches_point(trainer.abstract_state.params, config)
     peak = peak_learning_rate(config)
     warms_up = spec in ('degradation.py', 'depth_cifar.py') and depth(config.model.name) >= 110
     # The paper's CIFAR-10 ResNet-110/1202: lr 0.01 (0.1 x the peak) for the first 400 iterations.
@@ -136,7 +136,7 @@ def test_one_point_per_sweep_trains_or_traces():
 @pytest.mark.parametrize('spec', sorted(TRACED_POINT))
 def test_train_step_traces(spec):
   trainer, train_input, _ = create_trainer(find_point(spec, TRACED_POINT[spec]))
-  state = jax.eval_shape(trainer.init_state)
+  state = trainer.abstract_state
   new_state, metrics = jax.eval_shape(trainer.train_step, state, next(iter(train_input)))
   assert jax.tree.structure(new_state) == jax.tree.structure(state)
   assert jax.tree.map(lambda a: (a.shape, a.dtype), new_state.params) == jax.tree.map(

@@ -94,7 +94,7 @@ def random_state(trainer):
       value = (0.1 * rng.standard_normal(x.shape)).astype(x.dtype)
     return jax.device_put(value, sharding)
 
-  return jax.tree_util.tree_map_with_path(leaf, jax.eval_shape(trainer.init_state),
+  return jax.tree_util.tree_map_with_path(leaf, trainer.abstract_state,
                                           trainer.state_sharding)
 
 

@@ -105,8 +105,11 @@ class Trainer:
       host = jax.local_devices()[0]
     with jax.default_device(host):
       state = jax.device_get(self._init(jax.random.PRNGKey(self.config.seed)))
+    # A copy per device: a device buffer may alias the host array it came from (zero-copy on
+    # CPUs), and the train step donates the state's buffers (the EMA starts as the params).
     return jax.tree.map(
-        lambda x, sharding: jax.make_array_from_callback(x.shape, sharding, lambda i: x[i]),
+        lambda x, sharding: jax.make_array_from_callback(x.shape, sharding,
+                                                         lambda i: np.array(x[i])),
         state, self.state_sharding)
 
   def _abstract_batch(self, batch_size: int, *, mask: bool) -> dict[str, jax.ShapeDtypeStruct]:
