@@ -47,7 +47,7 @@ generate_jpegs(Path('$work/jpegs'), ${NUM_JPEGS:-2048})"
             for decode in ${DECODES:-fast exact}; do
               python3 -m resnet_jax.data.benchmark --folder "$data" --workers "$w" --batch-size 256 \
                 --warmup $((3 * w)) --steps 60 --augment "$augment" \
-                $([ "$decode" = exact ] && echo --exact-decode)
+                $([ "$decode" = fast ] && echo --fast-decode)
             done
           done
         done

@@ -39,8 +39,9 @@ def base_config() -> ml_collections.ConfigDict:
       pad=4,                  # 'cifar': zero padding before the random crop
       hflip=True,
       vflip=False,
-      fast_decode=True,       # training crops: libjpeg-turbo's fast IDCT and upsampling (~15% less
-                              # decoding, pixels a few levels off); eval always decodes exactly
+      fast_decode=False,      # True: training crops decoded with libjpeg-turbo's fast IDCT and
+                              # upsampling (15% less decoding on the dev VM, not shown on a GPU
+                              # host: docs/benchmarks.md; pixels a few levels off); eval: exact
       mean=(0.5,),            # per-channel, on the [0, 1] scale; () = plain [0, 1] rescaling
       std=(0.5,),
       pca_lighting=0.0,       # AlexNet colour lighting strength (0.1 in the paper); RGB only

@@ -115,7 +115,7 @@ def pipeline_rate(load: grain_loader.LoadExample, *, workers: int, batch_size: i
 
 
 def run(folder: str | None, *, generate: int, workers: int, batch_size: int, steps: int,
-        warmup: int, augment: str, image_size: int, fast_decode: bool = True) -> dict:
+        warmup: int, augment: str, image_size: int, fast_decode: bool = False) -> dict:
   with tempfile.TemporaryDirectory() as tmp:
     if folder and (Path(folder) / folder_format.METADATA_FILE).is_file():
       prepared = Path(folder)
@@ -163,16 +163,18 @@ def main(argv: list[str] | None = None) -> None:
   p.add_argument('--augment', default='imagenet_scale', choices=('imagenet_scale',
                                                                   'inception_crop'))
   p.add_argument('--image-size', type=int, default=224)
-  p.add_argument('--exact-decode', action='store_true',
-                 help="libjpeg-turbo's accurate IDCT and upsampling (data.fast_decode=False)")
+  p.add_argument('--fast-decode', action='store_true',
+                 help="libjpeg-turbo's fast IDCT and upsampling (data.fast_decode=True)")
   args = p.parse_args(argv)
   round_size = max(args.workers, 1)
   warmup = args.warmup if args.warmup is not None else -(-3 // round_size) * round_size
   r = run(args.folder, generate=args.generate, workers=args.workers, batch_size=args.batch_size,
           steps=args.steps, warmup=warmup, augment=args.augment, image_size=args.image_size,
-          fast_decode=not args.exact_decode)
+          fast_decode=args.fast_decode)
   stages = ', '.join(f'{name} {ms:.3f}' for name, ms in r['stage_ms'].items())
-  print(f"{r['augment']} ({'fast' if r['fast_decode'] else 'exact'} decode) -> uint8 {r['image_size']}x{r['image_size']}, batch {r['batch_size']}, "
+  decode = 'fast' if r['fast_decode'] else 'exact'
+  print(f"{r['augment']} ({decode} decode) -> uint8 {r['image_size']}x{r['image_size']}, "
+        f"batch {r['batch_size']}, "
         f"{r['num_images']} JPEGs of about {r['mean_source_size'][0]}x{r['mean_source_size'][1]} "
         f"({r['mean_file_kb']:.0f} KiB)\n"
         f"  one core (this thread, no grain): {r['images_per_sec_one_core']:,.0f} images/s\n"

@@ -148,7 +148,7 @@ class ImageTransform:
   pad: int = 4
   hflip: bool = True
   vflip: bool = False
-  fast_decode: bool = True   # training crops only; eval decodes exactly
+  fast_decode: bool = False   # training crops only; eval decodes exactly
 
   def __post_init__(self):
     if self.augment not in AUGMENTS:
