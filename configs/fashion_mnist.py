@@ -10,8 +10,8 @@ device. The variant argument picks another CIFAR-family model (`:resnet56`, `:pl
 `--config.num_epochs` sets the length (default 30).
 
 `:resnet20,fast` is the fast recipe (width 32, batch 512, bf16, 30 epochs; docs/results.md):
-95.16% test top-1 in 40.53 s of process wall time on one H200 from an empty compilation cache,
-31.42 s from a warm one (docs/results.md, 2026-12-03; those runs passed the same settings as flags).
+95.17% test top-1 in 27.61 s of process wall time on one H200 from an empty compilation cache,
+23.79 s from a warm one (docs/results.md, 2026-12-04).
 """
 
 from resnet_jax.recipes import FASHION_MNIST, idx_recipe
