@@ -106,16 +106,23 @@ def test_ema_averages_params_and_bn_statistics_and_evaluation_uses_both(devices)
   assert variables['batch_stats'] is after.ema_batch_stats
 
 
-def test_evaluation_with_an_ema_reports_the_ema_and_the_live_weights(devices):
-  """With an EMA, eval/* are the EMA weights' metrics and eval/live_* the live weights'."""
+def trained_on_eight_devices(steps: int, **optimizer):
+  """(trainer, batch sharding, state) of `tiny_config` with `optimizer` overrides after `steps`
+  steps on random batches over 8 devices."""
   config = tiny_config()
-  config.optimizer.ema_decay = 0.5
+  config.optimizer.update(optimizer)
   mesh = parallel.create_mesh(8)
   trainer = Trainer(config, mesh, num_classes=10, image_shape=IMAGE_SHAPE, steps_per_epoch=10)
   sharding = parallel.batch_sharding(mesh)
   state = trainer.init_state()
-  for seed in range(3):
+  for seed in range(steps):
     state, _ = trainer.train_step(state, jax.device_put(random_batch(seed=seed), sharding))
+  return trainer, sharding, state
+
+
+def test_evaluation_with_an_ema_reports_the_ema_and_the_live_weights(devices):
+  """With an EMA, eval/* are the EMA weights' metrics and eval/live_* the live weights'."""
+  trainer, sharding, state = trained_on_eight_devices(steps=3, ema_decay=0.5)
   eval_batch = dict(random_batch(seed=9), mask=np.ones(32, bool))
   eval_input = [jax.device_put(eval_batch, sharding)]
 
@@ -136,14 +143,8 @@ def test_ema_bn_statistics_recomputed_for_shrunken_weights_match_the_live_weight
   recomputed on the last training batches (optimizer.ema_bn_batches), conv kernels at half
   length give the live net's outputs (BN is scale-invariant); with the live statistics they do
   not."""
-  config = tiny_config()
-  config.optimizer.update(ema_decay=0.5, ema_bn_batches=3)
-  mesh = parallel.create_mesh(8)
-  trainer = Trainer(config, mesh, num_classes=10, image_shape=IMAGE_SHAPE, steps_per_epoch=10)
-  sharding = parallel.batch_sharding(mesh)
-  state = trainer.init_state()
-  for seed in range(2):
-    state, _ = trainer.train_step(state, jax.device_put(random_batch(seed=seed), sharding))
+  trainer, sharding, state = trained_on_eight_devices(steps=2, ema_decay=0.5, ema_bn_batches=3)
+  config = trainer.config
   half = jax.tree.map(lambda p: p * 0.5 if p.ndim == 4 else p, state.params)   # conv kernels
   shrunk = state.replace(ema_params=half, ema_batch_stats=state.batch_stats)
   live = state.replace(ema_params=state.params)

@@ -174,9 +174,8 @@ class EmaStatistics:
     """Called with each batch before the train step on it, `step` being `state.step`."""
     if not self.num_batches:
       return
-    c = self.trainer.config
-    period = c.eval_every_steps if c.eval_every_steps > 0 else self.trainer.steps_per_epoch
-    next_eval = min((step // period + 1) * period, self.trainer.total_steps)
+    t = self.trainer
+    next_eval = _next_boundary(step, t.config.eval_every_steps, t.steps_per_epoch, t.total_steps)
     if next_eval - step > self.num_batches:
       return
     stats = self.trainer.ema_batch_statistics(state, batch)
@@ -238,9 +237,14 @@ def _fetch_train_metrics(pending: list[tuple[int, dict]]) -> dict[str, float]:
           'lr': float(host[-1]['lr'])}
 
 
-def _is_boundary(step: int, every: int, steps_per_epoch: int, total: int) -> bool:
+def _next_boundary(step: int, every: int, steps_per_epoch: int, total: int) -> int:
+  """The first step after `step` that ends a period of `every` steps (0: an epoch), or `total`."""
   period = every if every > 0 else steps_per_epoch
-  return step % period == 0 or step == total
+  return min((step // period + 1) * period, total)
+
+
+def _is_boundary(step: int, every: int, steps_per_epoch: int, total: int) -> bool:
+  return _next_boundary(step - 1, every, steps_per_epoch, total) == step
 
 
 def _import_in_background(name: str) -> concurrent.futures.Future:
