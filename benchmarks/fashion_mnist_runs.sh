@@ -20,16 +20,13 @@ shift 2 || shift $#
 parts=${*:-fast best degradation shortcuts}
 mkdir -p "$out"
 main=(python3 -m resnet_jax.main --config=configs/fashion_mnist.py "--config.data.data_dir=$data")
-best=(--config.batch_size=256 --config.dtype=bfloat16 --config.optimizer.nesterov=True
-      --config.optimizer.weight_decay=5e-4 --config.schedule.name=cosine
-      --config.schedule.unit=epochs --config.schedule.warmup=2 --config.label_smoothing=0.1
-      --config.data.random_erasing=0.5 --config.keep_checkpoints=1)
-
-# The best runs: model:width[:epochs[:overrides]] (epochs default $BEST_EPOCHS), each with the
-# flags of `best` and its overrides, comma-separated config keys, e.g.
-# resnet20:40:50:optimizer.sam_rho=0.05,optimizer.ema_decay=0.9995; the workdir name ends with
-# them (best_resnet20_w40_e50_sam_rho0.05_ema_decay0.9995).
-best_models=${BEST_MODELS:-"resnet20:40 resnet44:24"}
+# The best runs: model:width[:epochs[:overrides]] (epochs default $BEST_EPOCHS), each the
+# variant `configs/fashion_mnist.py:MODEL,best` (the recipe of resnet_jax/recipes.py:
+# best_recipe, EMA included) with that width and its overrides, comma-separated config keys,
+# e.g. resnet20:40:50:optimizer.sam_rho=0.05,optimizer.ema_decay=0.9995; the workdir name ends
+# with them (best_resnet20_w40_e50_sam_rho0.05_ema_decay0.9995). Before 2026-12-04 the same
+# settings were passed as flags, without the EMA.
+best_models=${BEST_MODELS:-"resnet20:40"}
 
 override_flags() {   # comma-separated overrides key=value,... -> --config.key=value ...
   local kv
@@ -44,8 +41,8 @@ override_tag() {   # the same overrides -> a workdir-name suffix: a.b=v -> _bv
 best_args() {   # one BEST_MODELS entry -> the workdir and flags of that best run
   local model width epochs overrides
   IFS=: read -r model width epochs overrides <<<"$1"
-  epochs=${epochs:-${BEST_EPOCHS:-60}}
-  echo "--workdir=$out/best_${model}_w${width}_e${epochs}$(override_tag "$overrides") ${best[*]}" \
+  epochs=${epochs:-${BEST_EPOCHS:-120}}
+  echo "--workdir=$out/best_${model}_w${width}_e${epochs}$(override_tag "$overrides")" \
     "--config.model.width=$width --config.num_epochs=$epochs$(override_flags "$overrides")"
 }
 
@@ -88,7 +85,7 @@ for part in $parts; do
       done ;;
     best)
       for spec in $best_models; do
-        echo "${main[*]/fashion_mnist.py/fashion_mnist.py:${spec%%:*}} $(best_args "$spec")" >>"$jobs_file"
+        echo "${main[*]/fashion_mnist.py/fashion_mnist.py:${spec%%:*},best} $(best_args "$spec")" >>"$jobs_file"
       done ;;
     tta) tta=1 ;;   # after the parallel jobs, which may train the runs it evaluates
     degradation)   # the 56-layer points first: they take longest
@@ -112,7 +109,7 @@ if [ -s "$jobs_file" ]; then   # several runs share the GPU; each keeps a small 
 fi
 if [ "$tta" = 1 ]; then
   for spec in $best_models; do
-    "${main[@]/fashion_mnist.py/fashion_mnist.py:${spec%%:*}}" --mode=eval \
+    "${main[@]/fashion_mnist.py/fashion_mnist.py:${spec%%:*},best}" --mode=eval \
       --config.eval.protocol=ten_crop $(best_args "$spec") >"$out/tta_${spec//[:,=]/_}.log" 2>&1
   done
 fi

@@ -45,7 +45,7 @@ def format_metric(name: str, value: Any) -> str:
   """Accuracies (fractions) as percentages, the rest with 4 significant digits."""
   if not isinstance(value, (int, float)):
     return str(value)
-  if name.split('/')[-1].startswith('top'):
+  if name.split('/')[-1].split('_')[-1].startswith('top'):   # eval/top1, eval/live_top5, ...
     return f'{100 * value:.2f}%'
   return f'{value:.4g}'
 

@@ -47,6 +47,11 @@ def test_variants_and_overrides_reach_the_config():
   assert (fast.model.name, fast.batch_size, fast.dtype, fast.schedule.name) == (
       'cifar_resnet20', 512, 'bfloat16', 'linear')
   assert fast.xla_deterministic and not load_config('fashion_mnist.py').xla_deterministic
+  best = load_config('fashion_mnist.py:resnet20,best', '--config.num_epochs=3')
+  assert (best.model.width, best.batch_size, best.optimizer.ema_bn_batches, best.num_epochs) == (
+      40, 256, 100, 3)
+  with pytest.raises(Exception, match='choose one of the flags'):
+    load_config('fashion_mnist.py:resnet20,fast,best')
 
 
 def test_unknown_variant_lists_valid_ones():

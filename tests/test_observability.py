@@ -451,3 +451,11 @@ def test_writer_never_imports_torch_where_it_is_installed(tmp_path):
   out = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True, text=True)
   assert out.returncode == 0 and out.stdout.strip() == 'ok', out.stderr
   assert len(read_events(tmp_path / 'run')) >= 4
+
+
+@pytest.mark.parametrize('name, value, text', [('eval/top1', 0.9574, '95.74%'),
+                                               ('eval/live_top5', 0.5, '50.00%'),
+                                               ('eval/live_loss', 0.21969, '0.2197'),
+                                               ('lr', 0.1, '0.1')])
+def test_accuracies_print_as_percentages(name, value, text):
+  assert progress.format_metric(name, value) == text
