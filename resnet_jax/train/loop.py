@@ -68,7 +68,7 @@ class Trainer:
     self.tx = optim.create_optimizer(config, self.schedule)
 
     init = functools.partial(create_train_state, self.model, self.tx,
-                             image_shape=tuple(image_shape), ema=config.optimizer.ema_decay > 0)
+                             image_shape=self.image_shape, ema=config.optimizer.ema_decay > 0)
     abstract = jax.eval_shape(init, jax.random.PRNGKey(config.seed))
     self.state_sharding = jax.tree.map(lambda _: parallel.replicated(mesh), abstract)
     # Shapes, dtypes and shardings of the state: a restore template and a compile input.
