@@ -46,6 +46,10 @@ def base_config() -> ml_collections.ConfigDict:
       std=(0.5,),
       pca_lighting=0.0,       # AlexNet colour lighting strength (0.1 in the paper); RGB only
       random_erasing=0.0,     # probability of erasing one random rectangle per image (train)
+      mixup=0.0,              # Beta alpha of mixup (e.g. 0.2); 0 = off
+      cutmix=0.0,             # Beta alpha of CutMix (e.g. 1.0); 0 = off; with mixup: either,
+                              # equal odds per image
+      mix_prob=1.0,           # probability that an image is mixed (when mixup or cutmix is on)
       device_resident=False,  # whole split on the devices, augmentation in jitted JAX
       num_workers=0,          # grain worker processes (0 = in the main process)
       prefetch=2,             # batches prefetched to the devices

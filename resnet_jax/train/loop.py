@@ -24,7 +24,7 @@ from resnet_jax.checkpoint import (Checkpointer, PreemptionWatcher, check_shared
                                    is_better, write_json)
 from resnet_jax.models.summary import count_params
 from resnet_jax.progress import Progress, format_end_summary, format_start_summary
-from resnet_jax.train import optim
+from resnet_jax.train import mixing, optim
 from resnet_jax.train.state import TrainState, create_train_state, eval_variables, live_variables
 from resnet_jax.train.steps import ema_batch_statistics, eval_step, train_step
 from resnet_jax.writers import MetricWriter
@@ -66,6 +66,7 @@ class Trainer:
     self.total_steps = total_train_steps(config, steps_per_epoch)
     self.schedule = optim.create_schedule(config, steps_per_epoch, self.total_steps)
     self.tx = optim.create_optimizer(config, self.schedule)
+    mixing.check_mixing(config.data)
 
     init = functools.partial(create_train_state, self.model, self.tx,
                              image_shape=self.image_shape, ema=config.optimizer.ema_decay > 0)

@@ -8,6 +8,7 @@ import ml_collections
 import optax
 
 from resnet_jax.data.device_ops import prepare_images
+from resnet_jax.train.mixing import mix_batch, mixing_enabled
 from resnet_jax.train.state import TrainState
 
 Metrics = dict[str, jax.Array]
@@ -42,7 +43,8 @@ def sharpness_aware_gradient(grad_fn, params, grads, rho: float):
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: Any,
                tx: optax.GradientTransformation, schedule: optax.Schedule,
                config: ml_collections.ConfigDict) -> tuple[TrainState, Metrics]:
-  """One SGD step on a global batch. A non-finite loss leaves the state unchanged.
+  """One SGD step on a global batch (mixed by mixup or CutMix where the config asks; `top1`
+  counts the images' own labels). A non-finite loss leaves the state unchanged.
 
   The state is frozen on a NaN or infinite loss (so a checkpoint written afterwards still holds
   the last good state); the loop sees `loss` in the metrics and stops, naming the step.
@@ -50,12 +52,19 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: Any,
   rng = jax.random.fold_in(state.rng, state.step)
   images = prepare_images(batch['image'], rng, train=True, data_config=config.data,
                           dtype=jnp.dtype(config.dtype))
+  labels = batch['label']
+  mixed = (mix_batch(images, labels, jax.random.fold_in(rng, 2), config.data)
+           if mixing_enabled(config.data) else None)
 
   def loss_fn(params):
-    logits, updates = model.apply({'params': params, 'batch_stats': state.batch_stats}, images,
+    logits, updates = model.apply({'params': params, 'batch_stats': state.batch_stats},
+                                  images if mixed is None else mixed.images,
                                   train=True, mutable=['batch_stats'])
-    loss = jnp.mean(cross_entropy(logits, batch['label'], config.label_smoothing))
-    return loss, (logits, updates['batch_stats'])
+    losses = cross_entropy(logits, labels, config.label_smoothing)
+    if mixed is not None:
+      losses = (mixed.weight * losses + (1 - mixed.weight)
+                * cross_entropy(logits, mixed.partner_labels, config.label_smoothing))
+    return jnp.mean(losses), (logits, updates['batch_stats'])
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   (loss, (logits, batch_stats)), grads = grad_fn(state.params)
@@ -76,7 +85,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: Any,
   new_state = jax.tree.map(lambda new, old: jnp.where(ok, new, old), new_state, state)
   metrics = {
       'loss': loss,
-      'top1': jnp.mean(topk_correct(logits, batch['label'], 1)),
+      'top1': jnp.mean(topk_correct(logits, labels, 1)),
       'lr': jnp.asarray(schedule(state.step), jnp.float32),
   }
   return new_state, metrics
@@ -85,7 +94,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: Any,
 def ema_batch_statistics(state: TrainState, batch: dict[str, jax.Array], *, stats_model: Any,
                          config: ml_collections.ConfigDict) -> Any:
   """The BN statistics of the EMA weights on `batch`, augmented as `train_step` augments it at
-  this state's step. `stats_model` is the model with BN momentum 0, whose updated running
+  this state's step but not mixed (the eval images are not mixed either). `stats_model` is the model with BN momentum 0, whose updated running
   statistics are the batch's own."""
   rng = jax.random.fold_in(state.rng, state.step)
   images = prepare_images(batch['image'], rng, train=True, data_config=config.data,
