@@ -138,6 +138,16 @@ def test_evaluation_with_an_ema_reports_the_ema_and_the_live_weights(devices):
   assert both['eval/loss'] != pytest.approx(both['eval/live_loss'], rel=1e-4)
 
 
+def test_programs_on_a_cpu_mesh_finish_before_the_next_one_starts(devices):
+  """finish_on_cpu_meshes waits on an 8-device CPU mesh (the EMA and live eval steps overlapped
+  there and XLA's CPU runtime deadlocked in an all-reduce)."""
+  mesh = parallel.create_mesh(8)
+  x = jax.device_put(jnp.ones((1024, 1024), jnp.float32), parallel.replicated(mesh))
+  y = parallel.finish_on_cpu_meshes(jax.jit(lambda a: sum(a @ a * i for i in range(8)))(x), mesh)
+  assert y.is_ready()
+  np.testing.assert_allclose(np.asarray(y)[0, 0], 1024 * 28)
+
+
 def test_ema_bn_statistics_recomputed_for_shrunken_weights_match_the_live_weights(devices):
   """Weights averaged while they turn are shorter than the live ones. With BN statistics
   recomputed on the last training batches (optimizer.ema_bn_batches), conv kernels at half

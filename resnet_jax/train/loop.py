@@ -148,7 +148,9 @@ class Trainer:
     sums = {prefix: None for prefix in evaluated}
     for batch in eval_input:
       for prefix, variables in evaluated.items():
-        out = self.eval_step(variables, batch)
+        # The EMA and live weights' steps are independent programs: on a CPU mesh they must not
+        # overlap (parallel.finish_on_cpu_meshes).
+        out = parallel.finish_on_cpu_meshes(self.eval_step(variables, batch), self.mesh)
         sums[prefix] = out if sums[prefix] is None else jax.tree.map(jnp.add, sums[prefix], out)
     metrics = {}
     for prefix, total in jax.device_get(sums).items():
@@ -179,7 +181,7 @@ class EmaStatistics:
     next_eval = _next_boundary(step, t.config.eval_every_steps, t.steps_per_epoch, t.total_steps)
     if next_eval - step > self.num_batches:
       return
-    stats = self.trainer.ema_batch_statistics(state, batch)
+    stats = t.ema_batch_statistics(state, batch)
     self.sums = stats if self.sums is None else jax.tree.map(jnp.add, self.sums, stats)
     self.count += 1
 
