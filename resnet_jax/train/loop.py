@@ -260,15 +260,17 @@ def _import_in_background(name: str) -> concurrent.futures.Future:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
   """Trains from scratch or from the latest checkpoint in `workdir`; returns the summary."""
-  # matplotlib, for the plots at the end, takes about a second to import: a thread imports it
-  # while the data loads and the steps compile.
-  importing_plots = _import_in_background('resnet_jax.plots')
   runtime.configure(config)
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   check_shared_directory(workdir)
   main = parallel.is_main_process()
   trainer, train_input, eval_input = create_trainer(config)
+  # matplotlib, for the plots at the end, takes about a second to import: a thread imports it
+  # while the steps compile. Not before the inputs exist: grain and tfds load some modules under
+  # etils' lazy imports, which swap the process-wide __import__ meanwhile, and matplotlib's
+  # relative imports in the thread then failed ("Relative import statements not supported").
+  importing_plots = _import_in_background('resnet_jax.plots')
   ckpt = Checkpointer(workdir, keep=config.keep_checkpoints, keep_best=config.keep_best_checkpoints,
                       best_metric=config.best_metric)
   state = None
