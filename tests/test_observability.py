@@ -15,7 +15,9 @@ from tensorboardX.proto import event_pb2
 from tensorboardX.record_writer import masked_crc32c
 
 from resnet_jax import plots, profiling, progress, report
+from resnet_jax.train import loop
 from resnet_jax.writers import MetricWriter, read_metrics
+from tests.helpers import fake_config
 
 TRAIN_TAGS = {'train/loss', 'train/top1', 'lr', 'images_per_sec', 'step_time_ms'}
 EVAL_TAGS = {'eval/loss', 'eval/top1', 'eval/top5'}
@@ -464,8 +466,6 @@ def test_accuracies_print_as_percentages(name, value, text):
 def test_plots_import_in_the_background_only_after_the_inputs_exist(tmp_path, devices, monkeypatch):
   """grain and tfds load modules under etils' lazy imports, which swap the process-wide
   __import__; matplotlib imported in a thread meanwhile failed on its relative imports."""
-  from resnet_jax.train import loop
-  from tests.helpers import fake_config
   events = []
   create_trainer, import_in_background = loop.create_trainer, loop._import_in_background
 

@@ -56,28 +56,27 @@ def mix_batch(images: jax.Array, labels: jax.Array, rng: jax.Array,
   ~ Beta(data.mixup, data.mixup)) or by CutMix (a box of the partner pasted in, its area
   ~ 1 - Beta(data.cutmix, data.cutmix)); with both alphas set, each image draws one of the two
   with equal odds. CutMix's weight is the exact share of pixels the image keeps."""
-  n, h, w, _ = images.shape
+  n, height, width, _ = images.shape
   k_apply, k_choice, k_mixup, k_cutmix, k_box = jax.random.split(rng, 5)
   mixup, cutmix = data_config.mixup, data_config.cutmix
-  partner_images, partner_labels = images[::-1], labels[::-1]
-
-  ones = jnp.ones((n,), jnp.float32)
-  mixup_weight = jax.random.beta(k_mixup, mixup, mixup, (n,)) if mixup > 0 else ones
-  mixed = (mixup_weight[:, None, None, None] * images.astype(jnp.float32)
-           + (1 - mixup_weight[:, None, None, None]) * partner_images.astype(jnp.float32))
+  own = images.astype(jnp.float32)
+  partner = own[::-1]
+  candidates = []   # (mixed images, weight) of each method that is on
+  if mixup > 0:
+    weight = jax.random.beta(k_mixup, mixup, mixup, (n,))
+    candidates.append((weight[:, None, None, None] * own
+                       + (1 - weight[:, None, None, None]) * partner, weight))
   if cutmix > 0:
-    box = cutmix_boxes((h, w), 1 - jax.random.beta(k_cutmix, cutmix, cutmix, (n,)), k_box)
-    cutmix_weight = 1 - jnp.mean(box, axis=(1, 2), dtype=jnp.float32)
-  else:
-    box, cutmix_weight = jnp.zeros((n, h, w), bool), ones
-  if mixup > 0 and cutmix > 0:
+    box = cutmix_boxes((height, width), 1 - jax.random.beta(k_cutmix, cutmix, cutmix, (n,)), k_box)
+    candidates.append((jnp.where(box[..., None], partner, own),
+                       1 - jnp.mean(box, axis=(1, 2), dtype=jnp.float32)))
+  (out, weight), *others = candidates
+  if others:   # both on: CutMix for the images that draw it
     use_cutmix = jax.random.bernoulli(k_choice, 0.5, (n,))
-  else:
-    use_cutmix = jnp.full((n,), cutmix > 0)
-  cut = jnp.where(box[..., None], partner_images, images).astype(jnp.float32)
+    out = jnp.where(use_cutmix[:, None, None, None], others[0][0], out)
+    weight = jnp.where(use_cutmix, others[0][1], weight)
 
   apply = jax.random.bernoulli(k_apply, data_config.mix_prob, (n,))
-  out = jnp.where(use_cutmix[:, None, None, None], cut, mixed)
-  out = jnp.where(apply[:, None, None, None], out, images.astype(jnp.float32))
-  weight = jnp.where(apply, jnp.where(use_cutmix, cutmix_weight, mixup_weight), 1.0)
-  return MixedBatch(out.astype(images.dtype), partner_labels, weight)
+  out = jnp.where(apply[:, None, None, None], out, own)
+  weight = jnp.where(apply, weight, 1.0)
+  return MixedBatch(out.astype(images.dtype), labels[::-1], weight)

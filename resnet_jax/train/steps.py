@@ -94,8 +94,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: Any,
 def ema_batch_statistics(state: TrainState, batch: dict[str, jax.Array], *, stats_model: Any,
                          config: ml_collections.ConfigDict) -> Any:
   """The BN statistics of the EMA weights on `batch`, augmented as `train_step` augments it at
-  this state's step but not mixed (the eval images are not mixed either). `stats_model` is the model with BN momentum 0, whose updated running
-  statistics are the batch's own."""
+  this state's step but not mixed (the eval images are not mixed either). `stats_model` is the
+  model with BN momentum 0, whose updated running statistics are the batch's own."""
   rng = jax.random.fold_in(state.rng, state.step)
   images = prepare_images(batch['image'], rng, train=True, data_config=config.data,
                           dtype=jnp.dtype(config.dtype))
