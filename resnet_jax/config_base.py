@@ -33,6 +33,8 @@ def base_config() -> ml_collections.ConfigDict:
       eval_split='test',
       holdout=0,              # >0: hold out the last N training examples as the eval split
       image_size=32,          # training crop and eval crop size
+      upscale=1,              # k > 1: the model sees every (augmented) image upsampled k times
+                              # (bilinear, on the device): k^2 the compute, same parameters
       eval_resize=0,          # ImageNet-style eval: shorter side to this, then centre crop
       augment='none',         # 'imagenet_scale' | 'inception_crop' | 'cifar' | 'none'
       scale_range=(256, 480),  # shorter side range for 'imagenet_scale'

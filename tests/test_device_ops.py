@@ -35,3 +35,21 @@ def test_random_erasing_probability_and_train_only():
   np.testing.assert_array_equal(eval_out, 1.0)
   with pytest.raises(ValueError, match='random_erasing'):
     device_ops.prepare_images(images, None, train=True, data_config=d, dtype=jnp.float32)
+
+
+def test_upscale_is_bilinear_in_train_and_eval_and_refuses_bad_factors():
+  images = jnp.asarray([[0, 255], [255, 0]], jnp.uint8).reshape(1, 2, 2, 1)
+  d = base_config().data
+  d.update(mean=(), std=(), upscale=2)
+  for train in (True, False):
+    out = device_ops.prepare_images(images, jax.random.key(0), train=train, data_config=d,
+                                    dtype=jnp.float32)
+    assert out.shape == (1, 4, 4, 1)
+    # Half-pixel centres: the new first row samples the old one at x = -0.25, 0.25, 0.75, 1.25,
+    # y = -0.25 (edges clamped): 0, 0.25, 0.75, 1 along x.
+    np.testing.assert_allclose(out[0, 0, :, 0], [0, 0.25, 0.75, 1], atol=1e-6)
+    np.testing.assert_allclose(out[0, 1, :, 0], [0.25, 0.375, 0.625, 0.75], atol=1e-6)
+  for bad in (0, -2):
+    d.upscale = bad
+    with pytest.raises(ValueError, match='data.upscale'):
+      device_ops.prepare_images(images, None, train=False, data_config=d, dtype=jnp.float32)

@@ -61,10 +61,20 @@ def normalize(images: jax.Array, mean: tuple[float, ...], std: tuple[float, ...]
   return images
 
 
+def upscale(images: jax.Array, factor: int) -> jax.Array:
+  """Bilinear upsampling of [N, H, W, C] to [N, factor * H, factor * W, C]."""
+  if not isinstance(factor, int) or factor < 1:
+    raise ValueError(f'data.upscale must be a positive integer, got {factor!r}')
+  if factor == 1:
+    return images
+  n, h, w, c = images.shape
+  return jax.image.resize(images, (n, factor * h, factor * w, c), method='linear')
+
+
 def prepare_images(images_u8: jax.Array, rng: jax.Array | None, *, train: bool,
                    data_config: ml_collections.ConfigDict, dtype: jnp.dtype) -> jax.Array:
   """uint8 [N, H, W, C] -> `dtype`: scaled to [0, 1], PCA lighting and random erasing (train
-  only), normalised."""
+  only), upscaled by `data.upscale`, normalised."""
   images = images_u8.astype(jnp.float32) / 255.0
   augments = data_config.pca_lighting > 0 or data_config.random_erasing > 0
   if train and augments and rng is None:
@@ -73,5 +83,6 @@ def prepare_images(images_u8: jax.Array, rng: jax.Array | None, *, train: bool,
     images = pca_lighting(images, rng, data_config.pca_lighting)
   if train and data_config.random_erasing > 0:
     images = random_erasing(images, jax.random.fold_in(rng, 1), data_config.random_erasing)
+  images = upscale(images, data_config.upscale)
   images = normalize(images, tuple(data_config.mean), tuple(data_config.std))
   return images.astype(dtype)
