@@ -123,18 +123,20 @@ class Trainer:
     return dict(batch, mask=spec((batch_size,), jnp.bool_)) if mask else batch
 
   def compile_steps(self) -> None:
-    """Compiles the train step, then the eval step, for the batches every input gives; their
-    first calls reuse them.
+    """Compiles the train step and the eval step side by side, for the batches every input
+    gives; their first calls reuse them.
 
     Safe in a worker thread (XLA compiles without holding the GIL), so the loop compiles the
     steps while the main thread makes the first batch and initialises the state.
     """
-    self.train_step.lower(self.abstract_state,
-                          self._abstract_batch(self.config.batch_size, mask=False)).compile()
     variables = {'params': self.abstract_state.params,
                  'batch_stats': self.abstract_state.batch_stats}
-    self.eval_step.lower(variables,
-                         self._abstract_batch(self.config.eval_batch_size, mask=True)).compile()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+      eval_compiled = pool.submit(lambda: self.eval_step.lower(
+          variables, self._abstract_batch(self.config.eval_batch_size, mask=True)).compile())
+      self.train_step.lower(self.abstract_state,
+                            self._abstract_batch(self.config.batch_size, mask=False)).compile()
+      eval_compiled.result()
 
   def evaluate(self, state: TrainState, eval_input: Iterable) -> dict[str, float]:
     """One pass over the eval split; every example counted exactly once.
@@ -266,11 +268,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   check_shared_directory(workdir)
   main = parallel.is_main_process()
   trainer, train_input, eval_input = create_trainer(config)
-  # matplotlib, for the plots at the end, takes about a second to import: a thread imports it
-  # while the steps compile. Not before the inputs exist: grain and tfds load some modules under
-  # etils' lazy imports, which swap the process-wide __import__ meanwhile, and matplotlib's
-  # relative imports in the thread then failed ("Relative import statements not supported").
-  importing_plots = _import_in_background('resnet_jax.plots')
   ckpt = Checkpointer(workdir, keep=config.keep_checkpoints, keep_best=config.keep_best_checkpoints,
                       best_metric=config.best_metric)
   state = None
@@ -291,6 +288,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
       compiling.result()
     logging.info('steps compiled, state and first batch ready in %.1f s', time.perf_counter() - t)
     batches = itertools.chain([first_batch], batches)
+  # matplotlib, for the plots at the end, takes about a second to import: a thread imports it
+  # while the first steps run. Not earlier: grain and tfds load some modules under etils' lazy
+  # imports, which swap the process-wide __import__ meanwhile (matplotlib's relative imports in
+  # the thread failed: "Relative import statements not supported"), and tracing the steps
+  # holds the GIL that the import would take turns with.
+  importing_plots = _import_in_background('resnet_jax.plots')
   start_step = int(state.step)
   total = trainer.total_steps
 
