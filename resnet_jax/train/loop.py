@@ -268,6 +268,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   check_shared_directory(workdir)
   main = parallel.is_main_process()
   trainer, train_input, eval_input = create_trainer(config)
+  # matplotlib, for the plots at the end, takes about a second to import: a thread imports it
+  # while the steps compile. Not before the inputs exist: grain and tfds load some modules under
+  # etils' lazy imports, which swap the process-wide __import__ meanwhile, and matplotlib's
+  # relative imports in the thread then failed ("Relative import statements not supported").
+  # Not during the loop either: there it slowed the fast recipe's 3,510 steps by 0.5-1.1 s
+  # (docs/results.md).
+  importing_plots = _import_in_background('resnet_jax.plots')
   ckpt = Checkpointer(workdir, keep=config.keep_checkpoints, keep_best=config.keep_best_checkpoints,
                       best_metric=config.best_metric)
   state = None
@@ -288,12 +295,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
       compiling.result()
     logging.info('steps compiled, state and first batch ready in %.1f s', time.perf_counter() - t)
     batches = itertools.chain([first_batch], batches)
-  # matplotlib, for the plots at the end, takes about a second to import: a thread imports it
-  # while the first steps run. Not earlier: grain and tfds load some modules under etils' lazy
-  # imports, which swap the process-wide __import__ meanwhile (matplotlib's relative imports in
-  # the thread failed: "Relative import statements not supported"), and tracing the steps
-  # holds the GIL that the import would take turns with.
-  importing_plots = _import_in_background('resnet_jax.plots')
   start_step = int(state.step)
   total = trainer.total_steps
 
