@@ -11,12 +11,14 @@ device. The variant argument picks another CIFAR-family model (`:resnet56`, `:pl
 
 `:resnet20,fast` is the fast recipe (width 32, batch 512, bf16, 30 epochs; docs/results.md):
 95.17% test top-1 in 27.61 s of process wall time on one H200 from an empty compilation cache,
-23.79 s from a warm one (docs/results.md, 2026-12-04).
+23.79 s from a warm one; 30.67-32.10 s cold in three later runs on other H200 machines
+(docs/results.md, 2026-12-04).
 
 `:resnet20,best` is the most accurate recipe with at most 1.7M parameters (width 40, 1,675,810
 parameters, 120 epochs, EMA with recomputed BN statistics; resnet_jax/recipes.py:best_recipe):
-95.74% test top-1 at the final epoch on one H200, 95.63% for the live weights (docs/results.md,
-2026-12-04; that run passed the same settings through benchmarks/fashion_mnist_runs.sh).
+95.74% and 95.47% test top-1 at the final epoch in two runs on one H200, 95.63% and 95.58% for
+the live weights (docs/results.md, 2026-12-04; the first run passed the same settings through
+benchmarks/fashion_mnist_runs.sh and evaluated every epoch).
 """
 
 from resnet_jax.recipes import FASHION_MNIST, idx_recipe

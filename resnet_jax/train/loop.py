@@ -272,7 +272,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   # while the steps compile. Not before the inputs exist: grain and tfds load some modules under
   # etils' lazy imports, which swap the process-wide __import__ meanwhile, and matplotlib's
   # relative imports in the thread then failed ("Relative import statements not supported").
-  # Not during the loop either: there it slowed the fast recipe's 3,510 steps by 0.5-1.1 s
+  # Not during the loop either: there it slowed the fast recipe's 3,510 steps by 0.4-1.1 s
   # (docs/results.md).
   importing_plots = _import_in_background('resnet_jax.plots')
   ckpt = Checkpointer(workdir, keep=config.keep_checkpoints, keep_best=config.keep_best_checkpoints,
