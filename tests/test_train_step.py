@@ -1,5 +1,7 @@
 """The step: data parallelism and BN synchronisation, NaN guard, optimizer and schedules."""
 
+import threading
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,6 +10,7 @@ import pytest
 
 from resnet_jax import parallel
 from resnet_jax.config_base import base_config
+from resnet_jax.data.inputs import TrainInput
 from resnet_jax.data.device_ops import prepare_images
 from resnet_jax.train import optim
 from resnet_jax.train.loop import EmaStatistics, Trainer, train_and_evaluate
@@ -405,3 +408,24 @@ def test_loop_stores_the_recomputed_ema_statistics_and_trains_as_without(tmp_pat
   assert_trees_close(states[2].ema_params, states[0].ema_params)
   assert not np.allclose(jax.tree.leaves(states[2].ema_batch_stats)[0],
                          jax.tree.leaves(states[0].ema_batch_stats)[0])
+
+
+def test_the_first_batch_is_made_while_the_state_initialises(tmp_path, devices, monkeypatch):
+  """Start-up overlaps the state's initialisation with making the first batch (whose functions
+  compile then), besides compiling the steps."""
+  made = threading.Event()
+  iterate, init_state = TrainInput.__iter__, Trainer.init_state
+
+  def recorded_iter(self):
+    for batch in iterate(self):
+      made.set()
+      yield batch
+
+  def init_state_after_the_first_batch(self):
+    assert made.wait(timeout=30), 'the first batch was not made while the state initialised'
+    return init_state(self)
+
+  monkeypatch.setattr(TrainInput, '__iter__', recorded_iter)
+  monkeypatch.setattr(Trainer, 'init_state', init_state_after_the_first_batch)
+  summary = train_and_evaluate(fake_config(num_steps=2), tmp_path)
+  assert summary['steps'] == 2

@@ -284,14 +284,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
       train_input.set_state(data_state)
   batches: Iterator = iter(train_input)
   if state is None or int(state.step) < trainer.total_steps:   # a finished run compiles nothing
-    # The steps compile in a thread while the state is initialised and the first batch is made
-    # here.
+    # Three things at once: the steps compile in a thread, the first batch (its functions
+    # compiling too) is made in another, and the state is initialised here.
     t = time.perf_counter()
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
       compiling = pool.submit(trainer.compile_steps)
+      batching = pool.submit(next, batches)
       if state is None:
         state = trainer.init_state()
-      first_batch = next(batches)
+      first_batch = batching.result()
       compiling.result()
     logging.info('steps compiled, state and first batch ready in %.1f s', time.perf_counter() - t)
     batches = itertools.chain([first_batch], batches)
