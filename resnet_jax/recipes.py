@@ -83,7 +83,7 @@ def best_recipe(c: ml_collections.ConfigDict) -> None:
   c.label_smoothing = 0.1
   c.data.random_erasing = 0.5
   c.keep_checkpoints = 1
-  c.eval_every_steps = c.checkpoint_every_steps = 10 * (60_000 // c.batch_size)
+  c.eval_every_steps = c.checkpoint_every_steps = 10 * (60_000 // c.batch_size)   # 10 epochs
 
 
 def cifar10_recipe(arg: str | None = None) -> ml_collections.ConfigDict:

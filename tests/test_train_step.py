@@ -10,8 +10,8 @@ import pytest
 
 from resnet_jax import parallel
 from resnet_jax.config_base import base_config
-from resnet_jax.data.inputs import TrainInput
 from resnet_jax.data.device_ops import prepare_images
+from resnet_jax.data.inputs import TrainInput
 from resnet_jax.train import optim
 from resnet_jax.train.loop import EmaStatistics, Trainer, train_and_evaluate
 from resnet_jax.train.state import eval_variables

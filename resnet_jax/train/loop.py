@@ -127,7 +127,7 @@ class Trainer:
     gives; their first calls reuse them.
 
     Safe in a worker thread (XLA compiles without holding the GIL), so the loop compiles the
-    steps while the main thread makes the first batch and initialises the state.
+    steps while the first batch is made and the state initialised.
     """
     variables = {'params': self.abstract_state.params,
                  'batch_stats': self.abstract_state.batch_stats}
