@@ -1,5 +1,6 @@
 """The step: data parallelism and BN synchronisation, NaN guard, optimizer and schedules."""
 
+import concurrent.futures
 import threading
 
 import jax
@@ -359,7 +360,9 @@ def test_compiling_the_steps_ahead_leaves_nothing_to_compile_at_the_first_steps(
     trainer = Trainer(tiny_config(), mesh, num_classes=10, image_shape=IMAGE_SHAPE,
                       steps_per_epoch=10)
     if ahead:
-      trainer.compile_steps()
+      with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        for compiled in trainer.compile_steps(pool):
+          compiled.result()
     state = trainer.init_state()
     eval_batch = jax.device_put(dict(random_batch(), mask=np.ones(32, bool)),
                                 parallel.batch_sharding(mesh))

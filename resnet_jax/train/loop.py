@@ -122,21 +122,21 @@ class Trainer:
              'label': spec((batch_size,), jnp.int32)}
     return dict(batch, mask=spec((batch_size,), jnp.bool_)) if mask else batch
 
-  def compile_steps(self) -> None:
-    """Compiles the train step and the eval step side by side, for the batches every input
-    gives; their first calls reuse them.
+  def compile_steps(self, pool: concurrent.futures.Executor) -> list[concurrent.futures.Future]:
+    """Starts compiling the train step and the eval step in `pool`, for the batches every input
+    gives (their first calls reuse them); returns the futures of the two compiles.
 
-    Safe in a worker thread (XLA compiles without holding the GIL), so the loop compiles the
-    steps while the first batch is made and the state initialised.
+    The train step is traced and lowered here, before anything else starts: tracing is Python
+    and holds the GIL, and it begins the longest chain of start-up, whose rest (XLA's compile)
+    runs without the GIL beside everything else.
     """
+    lowered = self.train_step.lower(self.abstract_state,
+                                    self._abstract_batch(self.config.batch_size, mask=False))
     variables = {'params': self.abstract_state.params,
                  'batch_stats': self.abstract_state.batch_stats}
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-      eval_compiled = pool.submit(lambda: self.eval_step.lower(
-          variables, self._abstract_batch(self.config.eval_batch_size, mask=True)).compile())
-      self.train_step.lower(self.abstract_state,
-                            self._abstract_batch(self.config.batch_size, mask=False)).compile()
-      eval_compiled.result()
+    eval_batch = self._abstract_batch(self.config.eval_batch_size, mask=True)
+    return [pool.submit(lowered.compile),
+            pool.submit(lambda: self.eval_step.lower(variables, eval_batch).compile())]
 
   def evaluate(self, state: TrainState, eval_input: Iterable) -> dict[str, float]:
     """One pass over the eval split; every example counted exactly once.
@@ -284,16 +284,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
       train_input.set_state(data_state)
   batches: Iterator = iter(train_input)
   if state is None or int(state.step) < trainer.total_steps:   # a finished run compiles nothing
-    # Three things at once: the steps compile in a thread, the first batch (its functions
-    # compiling too) is made in another, and the state is initialised here.
+    # Four things at once, once the train step is lowered: the two steps compile in threads,
+    # the first batch (its functions compiling too) is made in a third, and the state is
+    # initialised here.
     t = time.perf_counter()
-    with concurrent.futures.ThreadPoolExecutor(2) as pool:
-      compiling = pool.submit(trainer.compile_steps)
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+      compiling = trainer.compile_steps(pool)
       batching = pool.submit(next, batches)
       if state is None:
         state = trainer.init_state()
       first_batch = batching.result()
-      compiling.result()
+      for compiled in compiling:
+        compiled.result()
     logging.info('steps compiled, state and first batch ready in %.1f s', time.perf_counter() - t)
     batches = itertools.chain([first_batch], batches)
   start_step = int(state.step)
