@@ -260,6 +260,24 @@ def _import_in_background(name: str) -> concurrent.futures.Future:
   return future
 
 
+def _start(trainer: Trainer, state: TrainState | None,
+           batches: Iterator) -> tuple[TrainState, Iterator]:
+  """Start-up, all at once: the steps compile (`Trainer.compile_steps`), a thread makes the first
+  batch (its functions compiling too) and this one initialises the state unless it was restored.
+  Returns the state and the batches, the first one included."""
+  t = time.perf_counter()
+  with concurrent.futures.ThreadPoolExecutor(3) as pool:
+    compiling = trainer.compile_steps(pool)
+    batching = pool.submit(next, batches)
+    if state is None:
+      state = trainer.init_state()
+    first_batch = batching.result()
+    for compiled in compiling:
+      compiled.result()
+  logging.info('steps compiled, state and first batch ready in %.1f s', time.perf_counter() - t)
+  return state, itertools.chain([first_batch], batches)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
   """Trains from scratch or from the latest checkpoint in `workdir`; returns the summary."""
   runtime.configure(config)
@@ -284,20 +302,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
       train_input.set_state(data_state)
   batches: Iterator = iter(train_input)
   if state is None or int(state.step) < trainer.total_steps:   # a finished run compiles nothing
-    # Four things at once, once the train step is lowered: the two steps compile in threads,
-    # the first batch (its functions compiling too) is made in a third, and the state is
-    # initialised here.
-    t = time.perf_counter()
-    with concurrent.futures.ThreadPoolExecutor(3) as pool:
-      compiling = trainer.compile_steps(pool)
-      batching = pool.submit(next, batches)
-      if state is None:
-        state = trainer.init_state()
-      first_batch = batching.result()
-      for compiled in compiling:
-        compiled.result()
-    logging.info('steps compiled, state and first batch ready in %.1f s', time.perf_counter() - t)
-    batches = itertools.chain([first_batch], batches)
+    state, batches = _start(trainer, state, batches)
   start_step = int(state.step)
   total = trainer.total_steps
 
