@@ -44,6 +44,9 @@ def base_config() -> ml_collections.ConfigDict:
       fast_decode=False,      # True: training crops decoded with libjpeg-turbo's fast IDCT and
                               # upsampling (15% less decoding on the dev VM, not shown on a GPU
                               # host: docs/benchmarks.md; pixels a few levels off); eval: exact
+      decoder='host',         # JPEG decoding: 'host' (libjpeg-turbo on this process's cores) or
+                              # 'nvimgcodec' (the crop's region only, on the GPU through nvJPEG;
+                              # extra [nvimgcodec]; on the CPU where no GPU is visible)
       mean=(0.5,),            # per-channel, on the [0, 1] scale; () = plain [0, 1] rescaling
       std=(0.5,),
       pca_lighting=0.0,       # AlexNet colour lighting strength (0.1 in the paper); RGB only

@@ -213,6 +213,18 @@ def test_workers_give_the_same_batches(folder, devices):
   assert_same(take(resumed, 2), in_process[2:])
 
 
+def test_nvimgcodec_workers_give_the_host_decoders_batches(folder, devices):
+  """data.decoder='nvimgcodec' in grain workers (here on the CPU): the same train and eval
+  batches as the host decoder (its crops are under twice the output size: no draft scaling)."""
+  mesh = parallel.create_mesh()
+  c = folder_config(folder)
+  host = take(create_input(c, mesh, train=True), 2), list(create_input(c, mesh, train=False))
+  c.data.update(decoder='nvimgcodec', num_workers=2)
+  nv = take(create_input(c, mesh, train=True), 2), list(create_input(c, mesh, train=False))
+  for ours, theirs in zip(nv, host):
+    assert_same(ours, theirs)
+
+
 def write_prepared(directory, images: list[tuple[str, bytes]]):
   """A prepared dataset written record by record (so a bad file can get past prepare)."""
   directory.mkdir(parents=True, exist_ok=True)

@@ -249,3 +249,44 @@ def test_prepare_images_refuses_bad_settings():
     device_ops.prepare_images(jnp.zeros((1, 2, 2, 1), jnp.uint8), jax.random.key(0),
                               train=True, dtype=jnp.float32,
                               data_config=data_config(pca_lighting=0.1))
+
+
+def photo_jpeg(w: int = 320, h: int = 240, **kw) -> bytes:
+  photo = Image.fromarray(rgb_image(w // 5, h // 5)).resize((w, h), Image.BICUBIC)
+  return encode(photo.filter(ImageFilter.GaussianBlur(2)), 'JPEG', quality=90, **kw)
+
+
+@pytest.mark.parametrize('augment', ['inception_crop', 'imagenet_scale'])
+def test_nvimgcodec_decodes_the_crops_the_host_decoder_does(augment):
+  """`data.decoder='nvimgcodec'` decodes only the region under the box (here on the CPU, with
+  the same libjpeg-turbo): the same crops, train and eval, colour and grey JPEGs alike."""
+  # Boxes under twice the output size: the host decoder decodes at full scale too.
+  host = transforms.ImageTransform(augment=augment, size=160, channels=3, eval_resize=180,
+                                   scale_range=(180, 400))
+  nv = dataclasses.replace(host, decoder='nvimgcodec')
+  grey = encode(Image.open(io.BytesIO(photo_jpeg())).convert('L'), 'JPEG', quality=90)
+  for data in (photo_jpeg(), grey):
+    for seed in range(8):
+      crops = [t.train(data, 'k', np.random.default_rng(seed)) for t in (nv, host)]
+      assert crops[0].shape == (160, 160, 3)
+      np.testing.assert_array_equal(crops[0], crops[1])
+    np.testing.assert_array_equal(nv.eval(data, "k"), host.eval(data, "k"))
+
+
+def test_nvimgcodec_leaves_other_images_and_bad_jpegs_to_the_host_decoder():
+  nv = transforms.ImageTransform(augment='inception_crop', size=16, channels=3,
+                                 decoder='nvimgcodec')
+  png = encode(Image.fromarray(rgb_image()), 'PNG')
+  np.testing.assert_array_equal(nv.eval(png, 'k'), dataclasses.replace(nv, decoder='host')
+                                .eval(png, 'k'))
+  truncated = photo_jpeg()[:2000]
+  with pytest.raises(BadImageError, match='cut.jpg'):
+    nv.train(truncated, 'cut.jpg', np.random.default_rng(0))
+
+
+def test_decoder_options_are_checked():
+  with pytest.raises(ValueError, match='data.decoder'):
+    transforms.ImageTransform(augment='inception_crop', size=16, channels=3, decoder='nvjpeg')
+  with pytest.raises(ValueError, match='data.fast_decode'):
+    transforms.ImageTransform(augment='inception_crop', size=16, channels=3, fast_decode=True,
+                              decoder='nvimgcodec')

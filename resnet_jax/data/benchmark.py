@@ -29,7 +29,7 @@ from resnet_jax.data import folder_format, grain_loader
 from resnet_jax.data.decode import open_image
 from resnet_jax.data.folder_source import load_folder_split
 from resnet_jax.data.prepare import prepare
-from resnet_jax.data.transforms import (ImageTransform, decode_for_box, flipped_array,
+from resnet_jax.data.transforms import (DECODERS, ImageTransform, decode_for_box, flipped_array,
                                         random_flips, resize_box)
 
 
@@ -79,7 +79,8 @@ def stage_times(load: grain_loader.LoadExample, num_examples: int) -> dict[str, 
     box = t.train_box(*header.size, rng)
     flips = random_flips(rng, hflip=t.hflip, vflip=t.vflip)
     lap('plan crop')
-    pixels, box = decode_for_box(header, box, t.size, t.channels, record['key'], t.fast_decode)
+    pixels, box = decode_for_box(header, box, t.size, t.channels, record['key'], t.fast_decode,
+                                 t.decoder)
     lap('decode')
     image = resize_box(pixels, box, t.size)
     lap('resize')
@@ -115,7 +116,8 @@ def pipeline_rate(load: grain_loader.LoadExample, *, workers: int, batch_size: i
 
 
 def run(folder: str | None, *, generate: int, workers: int, batch_size: int, steps: int,
-        warmup: int, augment: str, image_size: int, fast_decode: bool = False) -> dict:
+        warmup: int, augment: str, image_size: int, fast_decode: bool = False,
+        decoder: str = 'host') -> dict:
   with tempfile.TemporaryDirectory() as tmp:
     if folder and (Path(folder) / folder_format.METADATA_FILE).is_file():
       prepared = Path(folder)
@@ -125,7 +127,7 @@ def run(folder: str | None, *, generate: int, workers: int, batch_size: int, ste
       prepare(root, prepared, val_fraction=0.0, workers=os.cpu_count() or 1)
     split = load_folder_split('train', str(prepared))
     transform = ImageTransform(augment=augment, size=image_size, channels=3,
-                               fast_decode=fast_decode)
+                               fast_decode=fast_decode, decoder=decoder)
     load = grain_loader.LoadExample(split.records, transform, train=True, skip_bad_images=False)
     sample = [split.records[i]['image'] for i in range(min(len(split), 200))]
     sizes = [Image.open(io.BytesIO(b)).size for b in sample]
@@ -138,7 +140,7 @@ def run(folder: str | None, *, generate: int, workers: int, batch_size: int, ste
       'images_per_sec_one_core': one_core,
       'stage_ms': stages,
       'workers': workers, 'batch_size': batch_size, 'steps': steps, 'warmup': warmup,
-      'augment': augment, 'fast_decode': fast_decode,
+      'augment': augment, 'fast_decode': fast_decode, 'decoder': decoder,
       'image_size': image_size, 'num_images': len(split),
       'mean_source_size': [round(float(np.mean([s[0] for s in sizes]))),
                            round(float(np.mean([s[1] for s in sizes])))],
@@ -165,14 +167,15 @@ def main(argv: list[str] | None = None) -> None:
   p.add_argument('--image-size', type=int, default=224)
   p.add_argument('--fast-decode', action='store_true',
                  help="libjpeg-turbo's fast IDCT and upsampling (data.fast_decode=True)")
+  p.add_argument('--decoder', default='host', choices=DECODERS, help='data.decoder')
   args = p.parse_args(argv)
   round_size = max(args.workers, 1)
   warmup = args.warmup if args.warmup is not None else -(-3 // round_size) * round_size
   r = run(args.folder, generate=args.generate, workers=args.workers, batch_size=args.batch_size,
           steps=args.steps, warmup=warmup, augment=args.augment, image_size=args.image_size,
-          fast_decode=args.fast_decode)
+          fast_decode=args.fast_decode, decoder=args.decoder)
   stages = ', '.join(f'{name} {ms:.3f}' for name, ms in r['stage_ms'].items())
-  decode = 'fast' if r['fast_decode'] else 'exact'
+  decode = f"{r['decoder']}, {'fast' if r['fast_decode'] else 'exact'}"
   print(f"{r['augment']} ({decode} decode) -> uint8 {r['image_size']}x{r['image_size']}, "
         f"batch {r['batch_size']}, "
         f"{r['num_images']} JPEGs of about {r['mean_source_size'][0]}x{r['mean_source_size'][1]} "

@@ -1,7 +1,8 @@
 """Per-example augmentation on the host (PIL and numpy), for the grain pipeline. Output: uint8.
 
 ImageNet-style crops are planned on the image header first (a box in source pixels), then the
-image is decoded (a JPEG at a reduced scale where the box allows it) and only the box is resized:
+image is decoded (a JPEG at a reduced scale where the box allows it; with data.decoder=
+'nvimgcodec', only the region the resize reads, on the GPU) and only the box is resized:
 one resample instead of resize-everything-then-crop, which gives the same pixels. The resample is
 PIL's antialiased bilinear filter (support widened by the shrink factor), computed with SIMD by
 fast_image_resize (the cykooz-resizer wheel): within 1 of PIL's values in a third of the time.
@@ -16,9 +17,12 @@ import numpy as np
 from cykooz_resizer import CropBox, FilterType, ResizeAlg, ResizeOptions, Resizer
 from PIL import Image
 
-from resnet_jax.data.decode import Header, as_array, decode_array, load_pixels, open_image
+from resnet_jax.data import nvimgcodec_decode
+from resnet_jax.data.decode import (Header, JpegHeader, as_array, decode_array, load_pixels,
+                                    open_image)
 
 AUGMENTS = ('imagenet_scale', 'inception_crop', 'cifar', 'none')
+DECODERS = ('host', 'nvimgcodec')
 Box = tuple[float, float, float, float]   # (left, upper, right, lower) in source pixels
 _BILINEAR = ResizeAlg.convolution(FilterType.bilinear)
 _resizers = threading.local()   # a Resizer keeps scratch buffers: one per thread
@@ -73,17 +77,29 @@ def center_crop_box(width: int, height: int, *, size: int, resize: int = 0) -> B
 
 
 def crop_resize(image: Header, box: Box, size: int, channels: int, key: str,
-                flips: tuple[bool, bool] = (False, False), fast_decode: bool = False) -> np.ndarray:
+                flips: tuple[bool, bool] = (False, False), fast_decode: bool = False,
+                decoder: str = 'host') -> np.ndarray:
   """Decodes `image` (opened, not loaded), resizes the `box` region to size x size and applies
   the (horizontal, vertical) `flips`. `fast_decode`: as `decode.load_pixels`'s `fast`."""
-  pixels, box = decode_for_box(image, box, size, channels, key, fast_decode)
+  pixels, box = decode_for_box(image, box, size, channels, key, fast_decode, decoder)
   return flipped_array(resize_box(pixels, box, size), flips)
 
 
 def decode_for_box(image: Header, box: Box, size: int, channels: int, key: str,
-                   fast: bool = False) -> tuple[Image.Image, Box]:
-  """The pixels of `image`, a JPEG at the smallest scale that keeps the `box` at least size x size,
-  and the box in those pixels."""
+                   fast: bool = False, decoder: str = 'host') -> tuple[Image.Image, Box]:
+  """The pixels the resize of `box` reads, and the box in those pixels.
+
+  'host': all of `image`, a JPEG at the smallest scale that keeps the box at least size x size.
+  'nvimgcodec': an RGB or grey JPEG's region that the resize reads, at full scale
+  (`nvimgcodec_decode`); other images, and JPEGs it cannot decode, as 'host'.
+  """
+  if decoder == 'nvimgcodec' and channels == 3 and isinstance(image, JpegHeader):
+    region = _region_read(box, *image.size, size)
+    pixels = nvimgcodec_decode.decode_region(image.data, region)
+    if pixels is not None:
+      left, upper = region[:2]
+      return (Image.fromarray(pixels),
+              (box[0] - left, box[1] - upper, box[2] - left, box[3] - upper))
   width, height = image.size
   shrink = max(1.0, min(box[2] - box[0], box[3] - box[1]) / size)
   pixels = load_pixels(image, channels, key,
@@ -91,6 +107,15 @@ def decode_for_box(image: Header, box: Box, size: int, channels: int, key: str,
                        fast=fast)
   sx, sy = pixels.width / width, pixels.height / height   # < 1 when JPEG draft scaled down
   return pixels, (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
+
+
+def _region_read(box: Box, width: int, height: int, size: int) -> tuple[int, int, int, int]:
+  """The whole-pixel region of a width x height image that the resize of `box` to size x size
+  reads: the box and the reach of the antialiased bilinear filter around it (one pixel, times the
+  shrink factor where it shrinks)."""
+  reach = math.ceil(max(1.0, (box[2] - box[0]) / size, (box[3] - box[1]) / size)) + 1
+  return (max(0, math.floor(box[0]) - reach), max(0, math.floor(box[1]) - reach),
+          min(width, math.ceil(box[2]) + reach), min(height, math.ceil(box[3]) + reach))
 
 
 def flipped_array(image: Image.Image, flips: tuple[bool, bool]) -> np.ndarray:
@@ -149,10 +174,16 @@ class ImageTransform:
   hflip: bool = True
   vflip: bool = False
   fast_decode: bool = False   # training crops only; eval decodes exactly
+  decoder: str = 'host'       # DECODERS
 
   def __post_init__(self):
     if self.augment not in AUGMENTS:
       raise ValueError(f'unknown data.augment {self.augment!r}; valid: {", ".join(AUGMENTS)}')
+    if self.decoder not in DECODERS:
+      raise ValueError(f'unknown data.decoder {self.decoder!r}; valid: {", ".join(DECODERS)}')
+    if self.fast_decode and self.decoder != 'host':
+      raise ValueError(f'data.fast_decode is an option of the host decoder, not of '
+                       f'data.decoder={self.decoder!r}')
     if self.eval_resize and self.eval_resize < self.size:
       raise ValueError(f'data.eval_resize={self.eval_resize} is smaller than '
                        f'data.image_size={self.size}')
@@ -161,7 +192,7 @@ class ImageTransform:
   def from_config(cls, d: ml_collections.ConfigDict, channels: int) -> 'ImageTransform':
     return cls(augment=d.augment, size=d.image_size, channels=channels, eval_resize=d.eval_resize,
                scale_range=tuple(d.scale_range), pad=d.pad, hflip=d.hflip, vflip=d.vflip,
-               fast_decode=d.fast_decode)
+               fast_decode=d.fast_decode, decoder=d.decoder)
 
   def train(self, data: bytes | np.ndarray, key: str, rng: np.random.Generator) -> np.ndarray:
     if self.augment == 'none':
@@ -171,7 +202,8 @@ class ImageTransform:
       return flip(image, random_flips(rng, hflip=self.hflip, vflip=self.vflip))
     header = open_image(data, key)
     return crop_resize(header, self.train_box(*header.size, rng), self.size, self.channels, key,
-                       random_flips(rng, hflip=self.hflip, vflip=self.vflip), self.fast_decode)
+                       random_flips(rng, hflip=self.hflip, vflip=self.vflip), self.fast_decode,
+                       self.decoder)
 
   def train_box(self, width: int, height: int, rng: np.random.Generator) -> Box:
     """The random crop of the 'imagenet_scale' or 'inception_crop' augmentation."""
@@ -182,4 +214,4 @@ class ImageTransform:
   def eval(self, data: bytes | np.ndarray, key: str) -> np.ndarray:
     header = open_image(data, key)
     box = center_crop_box(*header.size, size=self.size, resize=self.eval_resize)
-    return crop_resize(header, box, self.size, self.channels, key)
+    return crop_resize(header, box, self.size, self.channels, key, decoder=self.decoder)
