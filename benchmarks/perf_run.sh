@@ -8,8 +8,9 @@
 # levers:   benchmarks/levers.py for the cases in $LEVERS (one process each; rn50_base profiles)
 # pipeline: 2,048 generated 500x375 q90 JPEGs prepared as a folder dataset; the data benchmark
 #           with $WORKERS grain workers (crops $AUGMENTS, JPEG decoding $DECODES: fast and exact
-#           IDCT and upsampling); ResNet-50 of configs/image_folder.py
-#           (random-resized crops) on synthetic data and fed by that pipeline
+#           IDCT and upsampling on the host, or nvimgcodec: data.decoder='nvimgcodec', which
+#           needs the [nvimgcodec] wheels); ResNet-50 of configs/image_folder.py (random-resized
+#           crops) on synthetic data and fed by that pipeline (data.decoder $PIPELINE_DECODERS)
 #
 # Each part writes WORK/<part>.txt and WORK/<part>/ (WORK defaults to /tmp/perf_run); after each
 # part, OUT/results.tgz is rewritten with all of WORK but the profiler traces and the images.
@@ -47,7 +48,8 @@ generate_jpegs(Path('$work/jpegs'), ${NUM_JPEGS:-2048})"
             for decode in ${DECODES:-fast exact}; do
               python3 -m resnet_jax.data.benchmark --folder "$data" --workers "$w" --batch-size 256 \
                 --warmup $((3 * w)) --steps 60 --augment "$augment" \
-                $([ "$decode" = fast ] && echo --fast-decode)
+                $([ "$decode" = fast ] && echo --fast-decode) \
+                $([ "$decode" = nvimgcodec ] && echo --decoder=nvimgcodec)
             done
           done
         done
@@ -55,8 +57,10 @@ generate_jpegs(Path('$work/jpegs'), ${NUM_JPEGS:-2048})"
               --config.data.data_dir="$data" --config.batch_size=256 --config.dtype=bfloat16)
         "${rn50[@]}" --num_classes=10 --steps 20 --windows 5
         for w in ${WORKERS:-15}; do   # buffers hold ~3 batches a worker: ~47 of the 500 steps
-          "${rn50[@]}" --config.data.num_workers="$w" --pipeline --steps 40 --windows 5 \
-            --warmup "${PIPELINE_WARMUP:-300}"
+          for decoder in ${PIPELINE_DECODERS:-host}; do
+            "${rn50[@]}" --config.data.num_workers="$w" --config.data.decoder="$decoder" \
+              --pipeline --steps 40 --windows 5 --warmup "${PIPELINE_WARMUP:-300}"
+          done
         done
       } 2>&1 | tee "$work/pipeline.txt" ;;
     *) echo "unknown part $part" >&2; exit 2 ;;
