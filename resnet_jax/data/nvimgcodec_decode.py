@@ -1,6 +1,7 @@
 """JPEG crops decoded by NVIDIA's nvImageCodec (`data.decoder='nvimgcodec'`): only the region
 a crop needs, on the GPU where one is visible (nvJPEG: the hardware JPEG engines of A100/H100-class
-GPUs, else CUDA kernels), else on the CPU (libjpeg-turbo, the same pixels as the host decoder).
+GPUs, else CUDA kernels), else on the CPU (libjpeg-turbo: the host decoder's pixels wherever
+that one decodes at full scale). Each process uses the first GPU it sees.
 
 On the GPU the host's cores are left with reading records, resizing and batching, which is what
 the ImageNet-style pipeline needs to keep pace with a ResNet-50 step (docs/benchmarks.md: JPEG
