@@ -251,15 +251,15 @@ def test_prepare_images_refuses_bad_settings():
                               data_config=data_config(pca_lighting=0.1))
 
 
-def photo_jpeg(w: int = 320, h: int = 240, **kw) -> bytes:
+def photo_jpeg(w: int = 320, h: int = 240) -> bytes:
   photo = Image.fromarray(rgb_image(w // 5, h // 5)).resize((w, h), Image.BICUBIC)
-  return encode(photo.filter(ImageFilter.GaussianBlur(2)), 'JPEG', quality=90, **kw)
+  return encode(photo.filter(ImageFilter.GaussianBlur(2)), 'JPEG', quality=90)
 
 
 @pytest.mark.parametrize('augment', ['inception_crop', 'imagenet_scale'])
 def test_nvimgcodec_decodes_the_crops_the_host_decoder_does(augment):
-  """`data.decoder='nvimgcodec'` decodes only the region under the box (here on the CPU, with
-  the same libjpeg-turbo): the same crops, train and eval, colour and grey JPEGs alike."""
+  """`data.decoder='nvimgcodec'` decodes only the region the resize reads (here on the CPU,
+  with the same libjpeg-turbo): the same crops, train and eval, colour and grey JPEGs alike."""
   # Boxes under twice the output size: the host decoder decodes at full scale too.
   host = transforms.ImageTransform(augment=augment, size=160, channels=3, eval_resize=180,
                                    scale_range=(180, 400))
@@ -270,7 +270,7 @@ def test_nvimgcodec_decodes_the_crops_the_host_decoder_does(augment):
       crops = [t.train(data, 'k', np.random.default_rng(seed)) for t in (nv, host)]
       assert crops[0].shape == (160, 160, 3)
       np.testing.assert_array_equal(crops[0], crops[1])
-    np.testing.assert_array_equal(nv.eval(data, "k"), host.eval(data, "k"))
+    np.testing.assert_array_equal(nv.eval(data, 'k'), host.eval(data, 'k'))
 
 
 def test_nvimgcodec_leaves_other_images_and_bad_jpegs_to_the_host_decoder():
