@@ -48,6 +48,10 @@ class Checkpointer:
           n=keep_best, keep_checkpoints_without_metrics=False))
     options = ocp.CheckpointManagerOptions(
         preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
+        # best_fn makes orbax write each save's metrics and answer best_step() from them (the
+        # policy alone keeps the best in memory only: after a resume it was dropped).
+        best_fn=lambda m: m[best_metric],
+        best_mode='min' if lower_is_better(best_metric) else 'max',
         enable_async_checkpointing=async_save,
         create=True,
     )

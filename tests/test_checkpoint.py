@@ -16,6 +16,7 @@ import pytest
 from resnet_jax import parallel
 from resnet_jax.checkpoint import Checkpointer, CheckpointMismatchError
 from resnet_jax.train.loop import Trainer, train_and_evaluate
+from resnet_jax.train.state import TrainState
 from resnet_jax.writers import read_metrics
 from tests.helpers import fake_config, write_idx_dataset
 
@@ -87,6 +88,24 @@ def final_params_for(workdir, config, num_devices):
     return ckpt.restore(trainer.init_state(), config)
   finally:
     ckpt.close()
+
+
+@pytest.mark.parametrize('metric, values, best', [('eval/top1', (0.9, 0.5, 0.4), 1),
+                                                   ('eval/loss', (0.9, 0.5, 0.7), 2)])
+def test_the_best_checkpoint_is_found_and_kept_across_a_resume(tmp_path, metric, values, best):
+  state = TrainState(step=np.int32(0), params={'w': np.ones(3, np.float32)}, batch_stats={},
+                     opt_state=(), rng=np.zeros(2, np.uint32))
+  config = fake_config()
+  ckpt = Checkpointer(tmp_path, keep=1, keep_best=1, best_metric=metric, async_save=False)
+  for step, value in enumerate(values, 1):
+    ckpt.save(step, state, None, config, {metric: value})
+  ckpt.save(4, state, None, config)   # a periodic checkpoint, without an eval
+  assert ckpt.best_step() == best and ckpt.all_steps() == [best, 4]
+  ckpt.close()
+  resumed = Checkpointer(tmp_path, keep=1, keep_best=1, best_metric=metric, async_save=False)
+  resumed.save(5, state, None, config, {metric: 0.8})
+  assert resumed.best_step() == best and resumed.all_steps() == [best, 5]
+  resumed.close()
 
 
 def test_mismatched_checkpoint_says_what_differs(tmp_path, devices):

@@ -16,7 +16,7 @@ from resnet_jax.data.inputs import TrainInput
 from resnet_jax.train import optim
 from resnet_jax.train.loop import EmaStatistics, Trainer, train_and_evaluate
 from resnet_jax.train.state import eval_variables
-from resnet_jax.train.steps import cross_entropy
+from resnet_jax.train.steps import cross_entropy, topk_correct
 from tests.helpers import fake_config
 
 IMAGE_SHAPE = (16, 16, 3)
@@ -432,3 +432,24 @@ def test_the_first_batch_is_made_while_the_state_initialises(tmp_path, devices, 
   monkeypatch.setattr(Trainer, 'init_state', init_state_after_the_first_batch)
   summary = train_and_evaluate(fake_config(num_steps=2), tmp_path)
   assert summary['steps'] == 2
+
+
+def test_best_metric_must_be_one_that_evals_report(devices):
+  mesh = parallel.create_mesh(8)
+  config = tiny_config()
+  config.best_metric = 'eval/live_top1'   # live weights are reported only beside an EMA
+  with pytest.raises(ValueError, match=r"best_metric='eval/live_top1'.*valid: eval/loss"):
+    Trainer(config, mesh, num_classes=10, image_shape=IMAGE_SHAPE, steps_per_epoch=10)
+  config.optimizer.ema_decay = 0.9
+  Trainer(config, mesh, num_classes=10, image_shape=IMAGE_SHAPE, steps_per_epoch=10)
+
+
+def test_topk_counts_ties_and_non_finite_logits_against_the_label():
+  logits = jnp.array([[1.0, 3.0, 3.0, 0.0],       # the label (1) ties with class 2 at the top
+                      [2.0, 2.0, 2.0, 2.0],       # all equal
+                      [jnp.nan] * 4,              # a diverged model
+                      [0.0, 5.0, 1.0, 2.0]])      # a clear top-1
+  labels = jnp.array([1, 0, 3, 1])
+  np.testing.assert_array_equal(topk_correct(logits, labels, 1), [0, 0, 0, 1])
+  np.testing.assert_array_equal(topk_correct(logits, labels, 2), [1, 0, 0, 1])
+  np.testing.assert_array_equal(topk_correct(logits, labels, 4), [1, 1, 0, 1])

@@ -30,6 +30,15 @@ from resnet_jax.train.steps import ema_batch_statistics, eval_step, train_step
 from resnet_jax.writers import MetricWriter
 
 
+EVAL_METRICS = ('loss', 'top1', 'top5')   # each as eval/<m>, and eval/live_<m> with an EMA
+
+
+def eval_metric_names(config: ml_collections.ConfigDict) -> list[str]:
+  """The metrics an eval of this config reports (`Trainer.evaluate`)."""
+  prefixes = ['eval/', 'eval/live_'] if config.optimizer.ema_decay > 0 else ['eval/']
+  return [prefix + m for prefix in prefixes for m in EVAL_METRICS]
+
+
 class NonFiniteLossError(FloatingPointError):
   """The loss became NaN or infinite; the message names the step."""
 
@@ -67,6 +76,9 @@ class Trainer:
     self.schedule = optim.create_schedule(config, steps_per_epoch, self.total_steps)
     self.tx = optim.create_optimizer(config, self.schedule)
     mixing.check_mixing(config.data)
+    if config.best_metric not in eval_metric_names(config):
+      raise ValueError(f'best_metric={config.best_metric!r} is not a metric of this run\'s evals; '
+                       f'valid: {", ".join(eval_metric_names(config))}')
 
     init = functools.partial(create_train_state, self.model, self.tx,
                              image_shape=self.image_shape, ema=config.optimizer.ema_decay > 0)
@@ -157,7 +169,7 @@ class Trainer:
     metrics = {}
     for prefix, total in jax.device_get(sums).items():
       n = float(total['count'])
-      metrics.update({prefix + k: float(total[k]) / n for k in ('loss', 'top1', 'top5')})
+      metrics.update({prefix + k: float(total[k]) / n for k in EVAL_METRICS})
     return metrics
 
 

@@ -24,9 +24,11 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float) 
 
 
 def topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
-  """1.0 where the label is among the k highest logits (ties count against the label)."""
+  """1.0 where the label is among the k highest logits: ties count against the label (bf16
+  logits tie often), and a non-finite label logit is never correct."""
   label_logit = jnp.take_along_axis(logits, labels[:, None], axis=-1)
-  return (jnp.sum(logits > label_logit, axis=-1) < k).astype(jnp.float32)
+  rank = jnp.sum(logits >= label_logit, axis=-1) - 1   # other classes at or above the label
+  return ((rank < k) & jnp.isfinite(label_logit[:, 0])).astype(jnp.float32)
 
 
 def sharpness_aware_gradient(grad_fn, params, grads, rho: float):
