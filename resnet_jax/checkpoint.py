@@ -7,6 +7,7 @@ eval metrics. Restoring places the arrays on the current mesh, so a checkpoint w
 devices restores onto 1 and vice versa.
 """
 
+import contextlib
 import json
 import secrets
 import signal
@@ -99,6 +100,7 @@ class Checkpointer:
     path = self.directory / str(step)
     saved_config = self._restore_item(step, 'config', ocp.args.JsonRestore())
     check_compatible(saved_config, config, path)
+    check_same_arrays(self._saved_arrays(step), template, path)
     state = self._restore_item(step, 'state', ocp.args.StandardRestore(parallel.abstract(template)))
     data_state = None
     if (path / 'data').exists():
@@ -107,18 +109,33 @@ class Checkpointer:
     return state, data_state
 
   def _restore_item(self, step: int, name: str, args: Any) -> Any:
-    path = self.directory / str(step) / name
-    try:
+    with _reading(self.directory / str(step) / name):
       return self._manager.restore(step, args=ocp.args.Composite(**{name: args}))[name]
-    except Exception as e:
-      raise CheckpointError(f'checkpoint {path} could not be read ({type(e).__name__}: {e}); '
-                         'it may be corrupt: move it away to resume from an earlier one') from e
+
+  def _saved_arrays(self, step: int) -> Any:
+    """The tree of the saved state's array metadata (shapes), read without the arrays."""
+    path = self.directory / str(step) / 'state'
+    with _reading(path):
+      metadata = ocp.StandardCheckpointer().metadata(path).item_metadata   # None if unreadable
+      if metadata is None:
+        raise ValueError('no readable array metadata')
+    return metadata.tree
 
   def wait(self) -> None:
     self._manager.wait_until_finished()
 
   def close(self) -> None:
     self._manager.close()
+
+
+@contextlib.contextmanager
+def _reading(path: Path):
+  """Turns any failure to read `path` into a CheckpointError naming it."""
+  try:
+    yield
+  except Exception as e:
+    raise CheckpointError(f'checkpoint {path} could not be read ({type(e).__name__}: {e}); '
+                          'it may be corrupt: move it away to resume from an earlier one') from e
 
 
 def lower_is_better(metric: str) -> bool:
@@ -146,6 +163,33 @@ def check_compatible(saved: dict[str, Any], config: ml_collections.ConfigDict, p
     raise CheckpointMismatchError(
         f'the checkpoint {path} does not match the config ({"; ".join(diffs)}); '
         'use another --workdir or the config the checkpoint was written with')
+
+
+def check_same_arrays(saved: Any, template: TrainState, path: Path) -> None:
+  """Refuses a checkpoint whose arrays are not those of the config's state (another optimizer,
+  an EMA switched on or off, another number of classes), naming the first differences."""
+  saved_shapes = _shapes(saved, is_leaf=lambda x: hasattr(x, 'shape'))
+  shapes = _shapes(template)
+  diffs = [f'{k}: only in the checkpoint' for k in sorted(saved_shapes.keys() - shapes.keys())]
+  diffs += [f'{k}: not in the checkpoint' for k in sorted(shapes.keys() - saved_shapes.keys())]
+  diffs += [f'{k}: shape {saved_shapes[k]} in the checkpoint, {shapes[k]} for the config'
+            for k in sorted(saved_shapes.keys() & shapes.keys()) if saved_shapes[k] != shapes[k]]
+  if diffs:
+    raise CheckpointMismatchError(
+        f'the checkpoint {path} holds other arrays than this config\'s state ({len(diffs)} '
+        f'differences: {"; ".join(diffs[:3])}{"; ..." if len(diffs) > 3 else ""}); use another '
+        '--workdir or the config the checkpoint was written with')
+
+
+def _shapes(tree: Any, is_leaf=None) -> dict[str, tuple[int, ...]]:
+  """'params/conv/kernel'-style path -> shape of every array in `tree`."""
+  def name(key) -> str:
+    for attr in ('key', 'name', 'idx'):   # DictKey, GetAttrKey, SequenceKey
+      if hasattr(key, attr):
+        return str(getattr(key, attr))
+    return str(key)
+  leaves, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)
+  return {'/'.join(name(k) for k in keys): tuple(x.shape) for keys, x in leaves}
 
 
 class PreemptionWatcher:

@@ -116,6 +116,15 @@ def test_mismatched_checkpoint_says_what_differs(tmp_path, devices):
     train_and_evaluate(other, tmp_path)
 
 
+def test_a_checkpoint_of_another_state_is_refused_not_called_corrupt(tmp_path, devices):
+  """A config whose state has other arrays (here: an EMA switched on) is named as a mismatch."""
+  train_and_evaluate(fake_config(num_steps=2), tmp_path)
+  with_ema = fake_config(num_steps=4)
+  with_ema.optimizer.ema_decay = 0.9
+  with pytest.raises(CheckpointMismatchError, match='ema_batch_stats/.*not in the checkpoint'):
+    train_and_evaluate(with_ema, tmp_path)
+
+
 def test_corrupt_checkpoint_is_reported(tmp_path, devices):
   config = fake_config(num_steps=2)
   train_and_evaluate(config, tmp_path)
