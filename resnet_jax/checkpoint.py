@@ -67,6 +67,12 @@ class Checkpointer:
   def best_step(self) -> int | None:
     return self._manager.best_step()
 
+  def best(self) -> dict[str, float] | None:
+    """The eval metrics of the best checkpoint kept, with its 'step'; None if none has any."""
+    step = self.best_step()
+    metrics = None if step is None else self._manager.metrics(step)
+    return None if not metrics else dict(metrics, step=step)
+
   def chosen_step(self, which: str) -> int:
     """The step of the 'latest' or 'best' checkpoint; FileNotFoundError when there is none."""
     if which not in ('latest', 'best'):

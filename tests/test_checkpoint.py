@@ -105,6 +105,7 @@ def test_the_best_checkpoint_is_found_and_kept_across_a_resume(tmp_path, metric,
   resumed = Checkpointer(tmp_path, keep=1, keep_best=1, best_metric=metric, async_save=False)
   resumed.save(5, state, None, config, {metric: 0.8})
   assert resumed.best_step() == best and resumed.all_steps() == [best, 5]
+  assert resumed.best() == {metric: values[best - 1], 'step': best}
   resumed.close()
 
 

@@ -1,6 +1,7 @@
 """The step: data parallelism and BN synchronisation, NaN guard, optimizer and schedules."""
 
 import concurrent.futures
+import json
 import threading
 
 import jax
@@ -387,11 +388,12 @@ def test_a_run_compiles_its_steps_once(tmp_path, devices, source):
     assert sum(step in name for name in names) == 1, names
 
 
-def test_rerunning_a_finished_run_compiles_no_train_step(tmp_path, devices):
+def test_rerunning_a_finished_run_compiles_nothing_and_keeps_its_summary(tmp_path, devices):
   config = fake_config(num_steps=2)
-  train_and_evaluate(config, tmp_path)
+  summary = train_and_evaluate(config, tmp_path)
   again = compiles_during(lambda: train_and_evaluate(config, tmp_path))
   assert not any('train_step' in name for name in again)
+  assert json.loads((tmp_path / 'summary.json').read_text())['final'] == summary['final'] != {}
 
 
 def test_loop_stores_the_recomputed_ema_statistics_and_trains_as_without(tmp_path, devices):

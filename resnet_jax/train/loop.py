@@ -8,6 +8,7 @@ import concurrent.futures
 import functools
 import importlib
 import itertools
+import json
 import math
 import time
 from pathlib import Path
@@ -312,8 +313,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     state, data_state = ckpt.restore(trainer.abstract_state, config)
     if data_state is not None:
       train_input.set_state(data_state)
+  summary_path = workdir / 'summary.json'
+  if state is not None and int(state.step) >= trainer.total_steps and summary_path.exists():
+    ckpt.close()
+    logging.info('%s finished at step %d: nothing to do', workdir, int(state.step))
+    return json.loads(summary_path.read_text())
   batches: Iterator = iter(train_input)
-  if state is None or int(state.step) < trainer.total_steps:   # a finished run compiles nothing
+  if state is None or int(state.step) < trainer.total_steps:
     state, batches = _start(trainer, state, batches)
   start_step = int(state.step)
   total = trainer.total_steps
@@ -333,7 +339,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 
   pending: list[tuple[int, dict]] = []
   eval_metrics: dict[str, float] = {}
-  best: dict[str, float] = {}
+  best: dict[str, float] = ckpt.best() or {}   # evals before a resume count too
   last_log_time, last_log_step = time.perf_counter(), start_step
   t0 = time.perf_counter()
   step = start_step
@@ -391,7 +397,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
       'preempted': step < total,
   }
   if main:
-    write_json(workdir / 'summary.json', summary)
+    write_json(summary_path, summary)
     for path in importing_plots.result().write_plots(workdir):
       writer.write_image(f'plots/{Path(path).stem}', step, path)
     print(format_end_summary(summary), flush=True)
