@@ -330,6 +330,12 @@ def test_configuration_errors(tmp_path, devices):
                  augment='inception_crop')
   with pytest.raises(ValueError, match='device_resident supports'):
     create_input(c, mesh, train=True)
+  c.data.augment = 'cifar'
+  for key, value in (('eval_resize', 32), ('decoder', 'nvimgcodec')):
+    bad = c.copy_and_resolve_references()
+    bad.data[key] = value
+    with pytest.raises(ValueError, match=f'data.{key}=.* grain pipeline'):
+      create_input(bad, mesh, train=False)
   c.data.source = 'hdf5'
   with pytest.raises(ValueError, match="unknown data.source 'hdf5'"):
     create_input(c, mesh, train=True)

@@ -126,6 +126,11 @@ def device_resident_input(split: Split, d: ml_collections.ConfigDict, mesh: Mesh
   if d.augment not in DEVICE_AUGMENTS:
     raise ValueError(f'data.device_resident supports data.augment in {DEVICE_AUGMENTS}, not '
                      f'{d.augment!r}; use the grain pipeline (device_resident=False)')
+  host_only = {'eval_resize': 0, 'decoder': 'host', 'fast_decode': False}
+  for key, default in host_only.items():
+    if d[key] != default:
+      raise ValueError(f'data.{key}={d[key]!r} is an option of the grain pipeline, which '
+                       'data.device_resident=True does not use (it centre-crops without resizing)')
   host_images, host_labels = load_arrays(split, skip_bad_images=d.skip_bad_images)
   h, w = host_images.shape[1:3]
   if d.augment == 'none' or not train:
