@@ -455,3 +455,19 @@ def test_topk_counts_ties_and_non_finite_logits_against_the_label():
   np.testing.assert_array_equal(topk_correct(logits, labels, 1), [0, 0, 0, 1])
   np.testing.assert_array_equal(topk_correct(logits, labels, 2), [1, 0, 0, 1])
   np.testing.assert_array_equal(topk_correct(logits, labels, 4), [1, 1, 0, 1])
+
+
+@pytest.mark.parametrize('key, value, match', [
+    ('log_every_steps', 0, 'log_every_steps=0'),
+    ('eval_every_steps', -1, 'eval_every_steps=-1'),
+    ('optimizer.ema_decay', 1.0, r'optimizer.ema_decay=1.0 must be in \[0, 1\)'),
+    ('schedule.boundaries', (3.0, 3.04), r'schedule.boundaries \(3.0, 3.04\) \(epochs\) fall on'),
+])
+def test_unusable_periods_decays_and_boundaries_are_refused(devices, key, value, match):
+  config = tiny_config()
+  config.schedule.update(name='multistep', unit='epochs')
+  section, _, name = key.rpartition('.')
+  (config[section] if section else config)[name] = value
+  with pytest.raises(ValueError, match=match):
+    Trainer(config, parallel.create_mesh(8), num_classes=10, image_shape=IMAGE_SHAPE,
+            steps_per_epoch=10)

@@ -40,6 +40,17 @@ def eval_metric_names(config: ml_collections.ConfigDict) -> list[str]:
   return [prefix + m for prefix in prefixes for m in EVAL_METRICS]
 
 
+def check_periods(config: ml_collections.ConfigDict) -> None:
+  """Refuses periods and an EMA decay that the loop cannot use, naming the key."""
+  if config.log_every_steps < 1:
+    raise ValueError(f'log_every_steps={config.log_every_steps} must be at least 1')
+  for key in ('eval_every_steps', 'checkpoint_every_steps'):
+    if config[key] < 0:
+      raise ValueError(f'{key}={config[key]} must be 0 (every epoch) or more')
+  if not 0 <= config.optimizer.ema_decay < 1:
+    raise ValueError(f'optimizer.ema_decay={config.optimizer.ema_decay} must be in [0, 1)')
+
+
 class NonFiniteLossError(FloatingPointError):
   """The loss became NaN or infinite; the message names the step."""
 
@@ -77,6 +88,7 @@ class Trainer:
     self.schedule = optim.create_schedule(config, steps_per_epoch, self.total_steps)
     self.tx = optim.create_optimizer(config, self.schedule)
     mixing.check_mixing(config.data)
+    check_periods(config)
     if config.best_metric not in eval_metric_names(config):
       raise ValueError(f'best_metric={config.best_metric!r} is not a metric of this run\'s evals; '
                        f'valid: {", ".join(eval_metric_names(config))}')
@@ -248,8 +260,9 @@ def _fetch_train_metrics(pending: list[tuple[int, dict]]) -> dict[str, float]:
   if bad.size:
     step = steps[bad[0]]
     raise NonFiniteLossError(
-        f'loss is {losses[bad[0]]} at step {step}; stopped with the state of step {step - 1}, '
-        'the last good one (checkpointed). Lower the learning rate or check the data.')
+        f'loss is {losses[bad[0]]} at step {step}; stopped without saving: the latest checkpoint '
+        'in the workdir (its losses were all checked) is the last good state. Lower the learning '
+        'rate or check the data.')
   return {'train/loss': float(losses.mean()),
           'train/top1': float(np.mean([m['top1'] for m in host])),
           'lr': float(host[-1]['lr'])}

@@ -28,9 +28,11 @@ def create_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int,
   warmup = _to_steps(s.warmup, s.unit, steps_per_epoch, total_steps)
   decay_steps = max(total_steps - warmup, 1)
   if s.name == 'multistep':
-    boundaries = {_to_steps(b, s.unit, steps_per_epoch, total_steps) - warmup: s.decay_factor
-                  for b in s.boundaries}
-    main = optax.piecewise_constant_schedule(peak, boundaries)
+    steps = [_to_steps(b, s.unit, steps_per_epoch, total_steps) - warmup for b in s.boundaries]
+    if len(set(steps)) < len(steps) or min(steps, default=0) < 0:
+      raise ValueError(f'schedule.boundaries {tuple(s.boundaries)} ({s.unit}) fall on the same '
+                       f'step or inside the warmup ({warmup} steps): decays would be lost')
+    main = optax.piecewise_constant_schedule(peak, {step: s.decay_factor for step in steps})
   elif s.name == 'cosine':
     main = optax.cosine_decay_schedule(peak, decay_steps)
   elif s.name == 'linear':
