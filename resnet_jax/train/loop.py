@@ -216,6 +216,9 @@ class EmaStatistics:
     """`state` with the EMA statistics replaced by the mean of those observed since the last
     call; unchanged if none were (a run resumed just before an eval)."""
     if not self.count:
+      if self.num_batches:
+        logging.warning('no batch observed for the EMA BN statistics (resumed just before this '
+                        'eval): the EMA weights are evaluated with the averaged statistics')
       return state
     mean = jax.tree.map(lambda s: s / self.count, self.sums)
     self.sums, self.count = None, 0
