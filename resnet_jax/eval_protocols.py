@@ -2,7 +2,7 @@
 
     center_crop  the training eval: shorter side to data.eval_resize, the centre image_size crop
     ten_crop     the paper's 10-crop testing: the same resize, the four corner crops and the centre
-                 crop, and their horizontal flips
+                 crop, and their horizontal flips where training flips (data.hflip)
     multi_scale  the paper's fully-convolutional testing: for each s in eval.scales, the shorter
                  side resized to s and the central s x s square fed whole (the network ends in
                  global average pooling, so any size works)
@@ -17,9 +17,11 @@ training; the ends of the longer side (1/8 of a 4:3 photo at each end) are not s
 Where the views are made: record sources read by grain (tfds, idx, folder) cut them on the host
 from the decoded image, each view resampled once from the source pixels, exactly as the eval crop
 is. Fake and device-resident data are already image_size squares on the device; the views are cut
-from that square there with the same geometry (on Fashion-MNIST, `ten_crop` crops it at
-eval_resize, or flips only when eval_resize is 0; `multi_scale` resizes it to each scale, e.g.
-`--config.eval.scales='(28, 32, 40)'`). `center_crop` is the training eval input unchanged.
+from that square there with the same geometry (on Fashion-MNIST, whose eval crop is the whole
+28x28 image, the five crops coincide and `ten_crop` averages the image and its mirror image;
+`multi_scale` resizes it to each scale, e.g. `--config.eval.scales='(28, 32, 40)'`).
+`center_crop` is the training eval input unchanged. The corners are those of the resized
+rectangle (as torchvision's TenCrop), not of its central square as in AlexNet's 10-crop.
 """
 
 import dataclasses
@@ -57,6 +59,7 @@ class Protocol:
   size: int
   resize: int
   scales: tuple[int, ...]
+  flip: bool = True   # ten_crop's mirrored views (data.hflip: only where training flips)
 
   def __post_init__(self):
     if self.protocol not in PROTOCOLS:
@@ -68,7 +71,7 @@ class Protocol:
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> 'Protocol':
     return cls(config.eval.protocol, config.data.image_size, config.data.eval_resize,
-               tuple(int(s) for s in config.eval.scales))
+               tuple(int(s) for s in config.eval.scales), flip=config.data.hflip)
 
   def views(self, width: float, height: float) -> list[View]:
     """The views of a width x height image."""
@@ -81,7 +84,8 @@ class Protocol:
       return [((left, upper, right, lower), self.size, False)]
     w, h = right - left, lower - upper
     corners = [(0, 0), (width - w, 0), (0, height - h), (width - w, height - h), (left, upper)]
-    return [((x, y, x + w, y + h), self.size, flip) for flip in (False, True) for x, y in corners]
+    return [((x, y, x + w, y + h), self.size, flip)
+            for flip in ((False, True) if self.flip else (False,)) for x, y in corners]
 
   def view_sides(self) -> list[int]:
     return [side for _, side, _ in self.views(1, 1)]
@@ -111,7 +115,9 @@ def device_views(images: jax.Array, protocol: Protocol) -> tuple[jax.Array, ...]
   b, h, w, c = images.shape
   pixels = images.astype(jnp.float32)
   views = []
-  for (left, upper, right, lower), side, flip in protocol.views(w, h):
+  # One geometry for the whole batch: views that coincide are cut once (on a square as large as
+  # the crop, the five crops of ten_crop are one); the average of the scores is the same.
+  for (left, upper, right, lower), side, flip in dict.fromkeys(protocol.views(w, h)):
     sy, sx = side / (lower - upper), side / (right - left)
     view = jax.image.scale_and_translate(
         pixels, (b, side, side, c), (1, 2), jnp.array([sy, sx]),
@@ -199,8 +205,7 @@ def protocol_eval_step(state: TrainState, batch: Batch, *, model: Any,
                        config: ml_collections.ConfigDict) -> dict[str, jax.Array]:
   """Sums over the real examples of one batch of views: loss, top-1, top-5, count, confusion.
 
-  The confusion matrix counts [true class, predicted class]; an example whose label ties with
-  the highest score counts as predicted correctly, as in top-1, so its trace is the top-1 count.
+  The confusion matrix (`confusion_matrix`) counts as top-1 does: its trace is the top-1 count.
   """
   variables = eval_variables(state)
   by_shape: dict[tuple[int, ...], list[jax.Array]] = {}
@@ -217,9 +222,7 @@ def protocol_eval_step(state: TrainState, batch: Batch, *, model: Any,
   labels, mask = batch['label'], batch['mask']
   num_classes = log_mean.shape[-1]
   top1 = topk_correct(log_mean, labels, 1)
-  predicted = jnp.where(top1 > 0, labels, jnp.argmax(log_mean, axis=-1))
-  confusion = jnp.zeros((num_classes, num_classes), jnp.int32).at[labels, predicted].add(
-      mask.astype(jnp.int32))
+  confusion = confusion_matrix(log_mean, labels, mask)
   mask = mask.astype(jnp.float32)
   return {
       'loss': -jnp.sum(jnp.take_along_axis(log_mean, labels[:, None], axis=-1)[:, 0] * mask),
@@ -228,6 +231,18 @@ def protocol_eval_step(state: TrainState, batch: Batch, *, model: Any,
       'count': jnp.sum(mask),
       'confusion': confusion,
   }
+
+
+def confusion_matrix(scores: jax.Array, labels: jax.Array, mask: jax.Array) -> jax.Array:
+  """int32 counts [true class, predicted class] of the examples where `mask`, an example counted
+  as `topk_correct` counts it: right only where its label alone has the highest score (on a tie
+  the prediction is the best other class), so the trace is the top-1 count."""
+  num_classes = scores.shape[-1]
+  right = topk_correct(scores, labels, 1) > 0
+  others = jnp.where(jax.nn.one_hot(labels, num_classes, dtype=bool), -jnp.inf, scores)
+  predicted = jnp.where(right, labels, jnp.argmax(others, axis=-1))
+  return jnp.zeros((num_classes, num_classes), jnp.int32).at[labels, predicted].add(
+      mask.astype(jnp.int32))
 
 
 def evaluate_views(step: Callable, state: TrainState, eval_input: EvalInput) -> dict[str, Any]:

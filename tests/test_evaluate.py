@@ -11,11 +11,13 @@ from PIL import Image
 
 from resnet_jax import eval_protocols, parallel
 from resnet_jax.checkpoint import Checkpointer
+from resnet_jax.config_base import base_config
 from resnet_jax.data.prepare import prepare
 from resnet_jax.data.transforms import ImageTransform, center_crop_box
 from resnet_jax.eval_protocols import Protocol
 from resnet_jax.evaluate import evaluate_workdir
 from resnet_jax.train.loop import create_trainer
+from resnet_jax.train.steps import topk_correct
 from tests.data_builders import folder_config, write_image_folder
 from tests.helpers import write_idx_dataset
 
@@ -175,3 +177,30 @@ def test_eval_mode_writes_metrics_per_class_and_the_confusion_png(folder_dataset
   assert np.trace(confusion) / n == pytest.approx(saved['eval/top1'])
   png = tmp_path / 'plots' / 'confusion_latest_1.png'
   assert png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+def test_ten_crop_mirrors_only_where_training_flips():
+  views = Protocol('ten_crop', 16, 18, (), flip=False).views(40, 30)
+  assert len(views) == 5 and not any(flip for _, _, flip in views)
+  config = base_config()
+  config.data.update(hflip=False, image_size=16, eval_resize=18)
+  config.eval.protocol = 'ten_crop'
+  assert Protocol.from_config(config).views(40, 30) == views
+
+
+def test_device_views_cut_coinciding_crops_once():
+  """On a square as large as the crop the five crops are one: the image and its mirror image."""
+  images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (2, 8, 8, 1), dtype=np.uint8))
+  views = eval_protocols.device_views(images, Protocol('ten_crop', 8, 0, ()))
+  assert len(views) == 2
+  np.testing.assert_array_equal(np.asarray(views[1]), np.asarray(images)[:, :, ::-1])
+
+
+def test_the_confusion_trace_is_the_top1_count_even_with_ties():
+  scores = jnp.array([[2.0, 2.0, 0.0],     # label 0 ties with class 1: wrong, predicted 1
+                      [0.0, 3.0, 1.0],     # right
+                      [1.0, 1.0, 1.0]])    # label 2 ties with all: wrong
+  labels = jnp.array([0, 1, 2])
+  confusion = np.asarray(eval_protocols.confusion_matrix(scores, labels, jnp.ones(3, bool)))
+  assert confusion[0, 1] == 1 and confusion[1, 1] == 1 and confusion[2, 2] == 0
+  assert np.trace(confusion) == float(jnp.sum(topk_correct(scores, labels, 1))) == 1
