@@ -65,3 +65,13 @@ def test_cli_writes_table_and_plot(tmp_path, capsys):
   assert table['small_plain']['0'] != table['small_resnet']['0']
   assert (tmp_path / 'gradients.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
   assert f'wrote {tmp_path / "gradients.json"}' in capsys.readouterr().out
+
+
+def test_the_rate_at_a_step_does_not_depend_on_the_last_step_measured():
+  """The recipe's multistep boundaries are fractions of the run, whose length is the last
+  measured step: the tool holds the peak rate instead."""
+  from resnet_jax.train import optim
+  config = gradients.analysis_config('cifar_resnet20', 'fashion_mnist', batch_size=8)
+  rates = [float(optim.create_schedule(config, steps_per_epoch=100, total_steps=n)(2))
+           for n in (3, 500)]
+  assert rates == [optim.peak_learning_rate(config)] * 2
