@@ -106,7 +106,8 @@ def row(run: Run, label: str) -> list[str]:
   steps = f'{last:,}' if not total or last >= total else f'{last:,} / {total:,}'
   if run.summary.get('preempted'):
     steps += ' (preempted)'
-  wall = run.summary.get('wall_time_s', run.records[-1].get('time'))
+  # metrics.jsonl's time runs on across resumes; the summary's wall time is the last session's
+  wall = run.records[-1].get('time', run.summary.get('wall_time_s'))
   params = run.run_info.get('params')
   best_at = f' @{best["step"]:,}' if best else ''
   return [label, run.model, format_count(params) if params else '-',

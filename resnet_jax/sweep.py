@@ -125,8 +125,10 @@ def run_sweep(spec: str, workdir: str | Path, extra: dict[str, Any] | None = Non
       print(f'{sub.name}: preempted, checkpoint saved; the same command resumes the sweep',
             flush=True)
       return runs
-  png, md = write_report([r for r in runs if is_finished(r)], workdir)
-  print(f'report: {png}, {md}')
+  finished = [r for r in runs if is_finished(r)]
+  if finished:
+    png, md = write_report(finished, workdir)
+    print(f'report: {png}, {md}')
   if failed:
     raise SweepError(f'{len(failed)} point(s) failed: {", ".join(failed)}')
   return runs

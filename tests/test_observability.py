@@ -232,6 +232,10 @@ def test_write_plots_without_eval_or_metrics(tmp_path):
 
 def test_report_overlays_two_runs(tmp_path):
   a = fake_run(tmp_path, 'plain20', model='cifar_plain20', seed=0)
+  # As after a resume: metrics.jsonl's time runs on (3725 s), the summary's is the last session's
+  lines = (a / 'metrics.jsonl').read_text().splitlines()
+  last = dict(json.loads(lines[-1]), time=3725.0)
+  (a / 'metrics.jsonl').write_text('\n'.join(lines[:-1] + [json.dumps(last)]) + '\n')
   b = fake_run(tmp_path, 'resnet20', model='cifar_resnet20', seed=1, finished=False)
   png, md = report.write_report([a, b], tmp_path / 'out')
   assert_png(png)
@@ -242,7 +246,7 @@ def test_report_overlays_two_runs(tmp_path):
   assert rows[2].startswith('| resnet20 | cifar_resnet20 |')
   final = [r for r in read_metrics(a) if 'eval/top1' in r][-1]
   assert f'{100 * final["eval/top1"]:.2f}' in rows[1]
-  assert '0:12' in rows[1]                                # summary's wall time
+  assert '1:02:05' in rows[1] and '0:12' not in rows[1]   # the whole run's time, not 12.5 s
 
 
 def test_report_cli_default_out_is_the_parent(tmp_path, capsys):

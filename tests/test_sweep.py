@@ -81,6 +81,17 @@ def test_runs_resumes_and_reports(config_file, tmp_path, capsys):
   assert (out / 'report.png').read_bytes() != one_point_figure   # redrawn with both points
 
 
+@pytest.mark.usefixtures('rbg_keys')
+def test_a_sweep_whose_points_all_fail_names_them(tmp_path, capsys):
+  path = tmp_path / 'all_fail.py'
+  path.write_text(SWEEP_CONFIG.replace(
+      "return [{'model.name': 'small_resnet'},\n          {'model.name': 'small_plain', "
+      "'optimizer.lr': float(arg or 0.1)}]",
+      "return [{'model.name': 'small_plain', 'optimizer.lr': 1e30}]"))
+  assert sweep.main([f'--config={path}', f'--workdir={tmp_path / "sweep"}']) == 1
+  assert f'1 point(s) failed: {DIVERGING}' in capsys.readouterr().err
+
+
 def sigterm_after_first_log(metrics: Path) -> threading.Thread:
   """SIGTERM to this process once `metrics` has a training line (the loop's handler is set)."""
   def wait_and_signal():

@@ -55,8 +55,9 @@ def scan_classes(split_dir: Path) -> dict[str, list[Path]]:
 def pick_val(files: list[Path], root: Path, fraction: float) -> set[Path]:
   """round(fraction * n) files of one class, those with the smallest hash of their ROOT path.
 
-  Deterministic, and stable when other files are added. A class of two or more images gives at
-  least one to val and keeps at least one for train.
+  Deterministic for a given set of files; adding files can move others between val and train,
+  so compare models only on one preparation. A class of two or more images gives at least one
+  to val and keeps at least one for train.
   """
   n = len(files)
   k = round(fraction * n)
