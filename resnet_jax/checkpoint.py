@@ -106,7 +106,7 @@ class Checkpointer:
     path = self.directory / str(step)
     saved_config = self._restore_item(step, 'config', ocp.args.JsonRestore())
     check_compatible(saved_config, config, path)
-    check_same_arrays(self._saved_arrays(step), template, path)
+    check_same_arrays(self.saved_arrays(step), template, path)
     state = self._restore_item(step, 'state', ocp.args.StandardRestore(parallel.abstract(template)))
     data_state = None
     if (path / 'data').exists():
@@ -118,14 +118,11 @@ class Checkpointer:
     with _reading(self.directory / str(step) / name):
       return self._manager.restore(step, args=ocp.args.Composite(**{name: args}))[name]
 
-  def _saved_arrays(self, step: int) -> Any:
-    """The tree of the saved state's array metadata (shapes), read without the arrays."""
+  def saved_arrays(self, step: int) -> Any:
+    """The tree of the saved state's array metadata (`.shape`, `.dtype`), without the arrays."""
     path = self.directory / str(step) / 'state'
     with _reading(path):
-      metadata = ocp.StandardCheckpointer().metadata(path).item_metadata   # None if unreadable
-      if metadata is None:
-        raise ValueError('no readable array metadata')
-    return metadata.tree
+      return ocp.StandardCheckpointHandler().metadata(path).tree
 
   def wait(self) -> None:
     self._manager.wait_until_finished()

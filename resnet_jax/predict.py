@@ -31,9 +31,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from absl import logging
-from etils import epath
 
 from resnet_jax import parallel
 from resnet_jax.checkpoint import CHECKPOINT_DIR, Checkpointer
@@ -61,10 +59,9 @@ def find_images(paths: Sequence[str | Path]) -> list[Path]:
   return found
 
 
-def checkpoint_shapes(state_dir: Path) -> tuple[int, int]:
-  """(number of classes, input channels) of the model saved in a checkpoint's state item."""
-  metadata = ocp.StandardCheckpointHandler().metadata(epath.Path(state_dir))
-  params = getattr(metadata, 'tree', metadata)['params']
+def checkpoint_shapes(ckpt: Checkpointer, step: int) -> tuple[int, int]:
+  """(number of classes, input channels) of the model saved in a checkpoint."""
+  params = ckpt.saved_arrays(step)['params']
   return params['head']['kernel'].shape[-1], params['stem_conv']['kernel'].shape[-2]
 
 
@@ -100,7 +97,7 @@ class Predictor:
     ckpt = Checkpointer(workdir, keep=config.keep_checkpoints,
                         keep_best=config.keep_best_checkpoints, best_metric=config.best_metric)
     self.step = ckpt.chosen_step(checkpoint)
-    num_classes, channels = checkpoint_shapes(ckpt.directory / str(self.step) / 'state')
+    num_classes, channels = checkpoint_shapes(ckpt, self.step)
     size = config.data.image_size
     trainer = Trainer(config, parallel.create_mesh(), num_classes=num_classes,
                       image_shape=(size, size, channels), steps_per_epoch=1)
