@@ -5,7 +5,9 @@ also defines `get_sweep(arg) -> list[dict]`: one dict of config overrides per gr
 `{'model.name': 'cifar_plain20'}`. Each point trains in `DIR/<point name>`, one after another on
 the local devices; a point whose run finished is not run again, a point that was interrupted
 resumes from its checkpoint, a preempted point (SIGTERM) stops the sweep, and a point whose loss
-turns non-finite fails without stopping the others (exit status 1, naming it).
+turns non-finite fails without stopping the others (exit status 1, naming it). A point whose
+workdir was run with another config (an edited sweep file, another --set) stops the sweep before
+anything runs, naming the changed keys: its results would otherwise be reused as they are.
 `--print-commands` prints one `resnet_jax.main` command per point instead, for a cluster
 scheduler. At the end the report (overlay figure and table) of all finished points is written
 into DIR.
@@ -77,6 +79,28 @@ def is_finished(workdir: Path) -> bool:
   return summary.exists() and not json.loads(summary.read_text()).get('preempted', False)
 
 
+def config_changes(workdir: Path, config: ml_collections.ConfigDict) -> list[str]:
+  """The keys whose values differ between the config a point's workdir was run with (its
+  config.json) and `config`, as 'key: old -> new'; [] for a workdir not run yet."""
+  saved_path = workdir / 'config.json'
+  if not saved_path.exists():
+    return []
+  saved = _flat(json.loads(saved_path.read_text()))
+  new = _flat(json.loads(json.dumps(config.to_dict(), default=str)))
+  return [f'{k}: {saved.get(k)!r} -> {new.get(k)!r}' for k in sorted(saved.keys() | new.keys())
+          if saved.get(k) != new.get(k)]
+
+
+def _flat(tree: dict[str, Any], prefix: str = '') -> dict[str, Any]:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flat(value, f'{prefix}{key}.'))
+    else:
+      out[f'{prefix}{key}'] = value
+  return out
+
+
 def command_for(spec: str, workdir: Path, overrides: dict[str, Any]) -> str:
   args = ['python', '-m', 'resnet_jax.main', f'--config={spec}', f'--workdir={workdir}']
   args += [f'--config.{k}={v}' for k, v in overrides.items()]
@@ -106,6 +130,12 @@ def run_sweep(spec: str, workdir: str | Path, extra: dict[str, Any] | None = Non
     for sub, point_overrides in zip(runs, overrides):
       print(command_for(spec, sub, point_overrides))
     return runs
+
+  for sub, config in zip(runs, configs):
+    if changes := config_changes(sub, config):
+      raise ValueError(f'{sub} was run with another config ({"; ".join(changes[:3])}'
+                       f'{"; ..." if len(changes) > 3 else ""}): its results would be reused or '
+                       'resumed under this one; use another --workdir, or the same sweep and --set')
 
   from resnet_jax.report import write_report
   from resnet_jax.train.loop import train_and_evaluate

@@ -82,6 +82,16 @@ def test_runs_resumes_and_reports(config_file, tmp_path, capsys):
 
 
 @pytest.mark.usefixtures('rbg_keys')
+def test_a_rerun_with_another_config_is_refused_naming_the_change(config_file, tmp_path, capsys):
+  out = tmp_path / 'sweep'
+  assert sweep.main([f'--config={config_file}', f'--workdir={out}']) == 0
+  capsys.readouterr()
+  assert sweep.main([f'--config={config_file}', f'--workdir={out}', '--set=num_steps=3']) == 1
+  assert f'{out / POINTS[0]} was run with another config (num_steps: 2 -> 3)' in (
+      capsys.readouterr().err)
+
+
+@pytest.mark.usefixtures('rbg_keys')
 def test_a_sweep_whose_points_all_fail_names_them(tmp_path, capsys):
   path = tmp_path / 'all_fail.py'
   path.write_text(SWEEP_CONFIG.replace(
