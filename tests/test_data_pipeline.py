@@ -12,6 +12,7 @@ from jax.sharding import PartitionSpec as P
 
 from resnet_jax import parallel
 from resnet_jax.data import create_input, folder_format, grain_loader, prepare
+from resnet_jax.data.decode import BadImageError
 from resnet_jax.data.device_resident import pad_crop_flip
 from resnet_jax.data.transforms import ImageTransform
 from tests.helpers import fake_config, write_idx, write_idx_dataset
@@ -236,6 +237,19 @@ def write_prepared(directory, images: list[tuple[str, bytes]]):
   folder_format.write_metadata(directory, {'class_names': ['a', 'b'],
                                            'splits': {'train': split, 'val': split}})
   return directory
+
+
+def test_a_broken_dataset_json_or_record_is_named(tmp_path):
+  from resnet_jax.data.folder_source import load_folder_split
+  directory = write_prepared(tmp_path / 'ds', [('train/a/x.jpg', b'\xff\xd8')])
+  writer = ArrayRecordWriter(str(directory / 'train.array_record'), 'group_size:1')
+  writer.write(b'\x01')   # shorter than a record header
+  writer.close()
+  with pytest.raises(BadImageError, match=r'record 0 of .*train\.array_record is not an image'):
+    load_folder_split('train', str(directory)).records[0]
+  (directory / folder_format.METADATA_FILE).write_text('{"class_names": [')
+  with pytest.raises(ValueError, match=r'dataset\.json is not valid JSON'):
+    load_folder_split('train', str(directory))
 
 
 def test_bad_record_is_named_from_a_worker_or_skipped(folder, tmp_path, devices, caplog):

@@ -48,7 +48,10 @@ def read_metadata(directory: Path) -> dict[str, Any]:
     raise FileNotFoundError(f'{directory} is not a prepared image-folder dataset (no '
                             f'{METADATA_FILE}); create it with: python -m resnet_jax.data.prepare '
                             f'--image-folder ROOT --out {directory}')
-  metadata = json.loads(path.read_text())
+  try:
+    metadata = json.loads(path.read_text())
+  except json.JSONDecodeError as e:
+    raise ValueError(f'{path} is not valid JSON ({e}); prepare the dataset again') from e
   if metadata.get('format') != FORMAT:
     raise ValueError(f'{path}: format {metadata.get("format")!r}, expected {FORMAT!r}')
   return metadata

@@ -1,10 +1,12 @@
 """Image folders prepared by `python -m resnet_jax.data.prepare` (ArrayRecord + dataset.json)."""
 
+import struct
 from pathlib import Path
 
 import grain
 
 from resnet_jax.data import folder_format
+from resnet_jax.data.decode import BadImageError
 from resnet_jax.data.splits import Record, Split, check_split_names
 
 
@@ -19,7 +21,11 @@ class FolderRecords:
     return len(self._source)
 
   def __getitem__(self, index: int) -> Record:
-    record = folder_format.decode_record(self._source[index])
+    try:
+      record = folder_format.decode_record(self._source[index])
+    except (struct.error, UnicodeDecodeError) as e:
+      raise BadImageError(f'record {index} of {self.path} is not an image record of '
+                          f'resnet_jax.data.prepare ({e})') from e
     record['key'] = f'{record["key"]} (record {index} of {self.path})'
     return record
 
