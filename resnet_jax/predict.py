@@ -5,7 +5,8 @@
 
 Loads DIR/config.json and DIR's latest (or best) checkpoint and preprocesses every image exactly
 as eval does (decoded to RGB or grey, shorter side to data.eval_resize, the centre image_size
-crop, normalised). Folders are walked recursively for image files. Per image it prints
+crop, normalised; where data.eval_resize is 0, the shorter side to image_size:
+`predict_transform`). Folders are walked recursively for image files. Per image it prints
 
     photos/a.jpg: good 0.912, hole 0.051, stain 0.037
 
@@ -21,6 +22,7 @@ predicted, 1 when none could be (or the workdir, checkpoint or --good_class is b
 """
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Iterator, Sequence
@@ -65,6 +67,14 @@ def checkpoint_shapes(ckpt: Checkpointer, step: int) -> tuple[int, int]:
   return params['head']['kernel'].shape[-1], params['stem_conv']['kernel'].shape[-2]
 
 
+def predict_transform(d: ml_collections.ConfigDict, channels: int) -> ImageTransform:
+  """Eval's transform, except where data.eval_resize is 0 (CIFAR, MNIST: every eval image is
+  image_size already): there the shorter side goes to image_size, so that a larger photo is seen
+  whole rather than as its central image_size patch."""
+  transform = ImageTransform.from_config(d, channels)
+  return dataclasses.replace(transform, eval_resize=transform.eval_resize or transform.size)
+
+
 def dataset_class_names(d: ml_collections.ConfigDict, num_classes: int) -> tuple[str, ...]:
   """The class names stored with the dataset, or the indices where it cannot be read."""
   try:
@@ -105,7 +115,7 @@ class Predictor:
     ckpt.close()
     self.variables = jax.device_get(eval_variables(state))
     self.class_names = dataset_class_names(config.data, num_classes)
-    self.transform = ImageTransform.from_config(config.data, channels)
+    self.transform = predict_transform(config.data, channels)
     self._apply = jax.jit(lambda variables, images: jax.nn.softmax(trainer.model.apply(
         variables, prepare_images(images, None, train=False, data_config=config.data,
                                   dtype=jnp.dtype(config.dtype)), train=False)))

@@ -1,11 +1,16 @@
 """`python -m resnet_jax.predict` on a run trained for two steps on a generated image folder."""
 
+import io
 import json
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from resnet_jax import predict
+from resnet_jax.config_base import base_config
 from resnet_jax.data.prepare import prepare
+from resnet_jax.data.transforms import ImageTransform
 from resnet_jax.train.loop import train_and_evaluate
 from tests.data_builders import folder_config, write_image_folder
 
@@ -71,3 +76,20 @@ def test_nothing_predicted_exits_non_zero(run, capsys):
   workdir, images = run
   assert predict.main([f'--workdir={workdir}', str(images / 'hole' / 'corrupt.jpg')]) == 1
   assert 'corrupt.jpg' in capsys.readouterr().err
+
+
+def test_a_photo_larger_than_the_crop_is_seen_whole_where_eval_does_not_resize():
+  d = base_config().data
+  d.update(image_size=16, eval_resize=0)
+  rng = np.random.default_rng(0)
+  buffers = []
+  for size in ((16, 16), (64, 48)):
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(
+        buffer, format='PNG')
+    buffers.append(buffer.getvalue())
+  ours, evals = predict.predict_transform(d, 3), ImageTransform.from_config(d, 3)
+  np.testing.assert_array_equal(ours.eval(buffers[0], 'a'), evals.eval(buffers[0], 'a'))
+  whole = ImageTransform('none', 16, 3, eval_resize=16).eval(buffers[1], 'b')   # 48 -> 16
+  np.testing.assert_array_equal(ours.eval(buffers[1], 'b'), whole)
+  assert not np.array_equal(evals.eval(buffers[1], 'b'), whole)   # eval: the central patch
