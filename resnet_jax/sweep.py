@@ -24,6 +24,8 @@ from typing import Any
 
 import ml_collections
 
+from resnet_jax.writers import flatten
+
 
 def load_sweep(spec: str) -> tuple[ml_collections.ConfigDict, list[dict[str, Any]]]:
   """Loads `path[:arg]`; returns the base config and the grid of overrides."""
@@ -85,20 +87,11 @@ def config_changes(workdir: Path, config: ml_collections.ConfigDict) -> list[str
   saved_path = workdir / 'config.json'
   if not saved_path.exists():
     return []
-  saved = _flat(json.loads(saved_path.read_text()))
-  new = _flat(json.loads(json.dumps(config.to_dict(), default=str)))
+  saved = flatten(json.loads(saved_path.read_text()))
+  new = flatten(json.loads(json.dumps(config.to_dict(), default=str)))
   return [f'{k}: {saved.get(k)!r} -> {new.get(k)!r}' for k in sorted(saved.keys() | new.keys())
           if saved.get(k) != new.get(k)]
 
-
-def _flat(tree: dict[str, Any], prefix: str = '') -> dict[str, Any]:
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      out.update(_flat(value, f'{prefix}{key}.'))
-    else:
-      out[f'{prefix}{key}'] = value
-  return out
 
 
 def command_for(spec: str, workdir: Path, overrides: dict[str, Any]) -> str:
