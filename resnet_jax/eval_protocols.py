@@ -27,7 +27,7 @@ rectangle (as torchvision's TenCrop), not of its central square as in AlexNet's 
 import dataclasses
 import functools
 import math
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -152,6 +152,13 @@ class ViewExamples:
         logging.warning('skipped a bad image: %s', e)
     views = tuple(np.zeros((s, s, self.channels), np.uint8) for s in self.protocol.view_sides())
     return {'views': views, 'label': np.int32(0), 'mask': np.bool_(False)}
+
+  @staticmethod
+  def collate(examples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Examples -> a batch: each view, the labels and the masks stacked."""
+    return {'views': tuple(map(np.stack, zip(*(e['views'] for e in examples)))),
+            'label': np.stack([e['label'] for e in examples]),
+            'mask': np.stack([e['mask'] for e in examples])}
 
 
 def host_view_input(config: ml_collections.ConfigDict, mesh: Mesh,

@@ -82,11 +82,16 @@ def write_tiny_tfds(data_dir: Path) -> Path:
   return data_dir
 
 
+def encode(image: Image.Image, fmt: str, **kw) -> bytes:
+  """`image` saved in format `fmt` (PIL's name: 'PNG', 'JPEG', ...)."""
+  buffer = io.BytesIO()
+  image.save(buffer, format=fmt, **kw)
+  return buffer.getvalue()
+
+
 def _png(self, image) -> bytes:
   array = np.asarray(image)
-  buffer = io.BytesIO()
-  Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(buffer, format='PNG')
-  return buffer.getvalue()
+  return encode(Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array), 'PNG')
 
 
 @contextlib.contextmanager

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from array_record.python.array_record_module import ArrayRecordWriter
 from jax.sharding import PartitionSpec as P
+from PIL import Image
 
 from resnet_jax import parallel
 from resnet_jax.data import create_input, folder_format, grain_loader, prepare
@@ -16,8 +17,8 @@ from resnet_jax.data.decode import BadImageError
 from resnet_jax.data.device_resident import pad_crop_flip
 from resnet_jax.data.transforms import ImageTransform
 from tests.helpers import fake_config, write_idx, write_idx_dataset
-from tests.data_builders import (decode_index, folder_config, index_split, mock_tfds,
-                                      write_image_folder, write_tiny_tfds)
+from tests.data_builders import (decode_index, encode, folder_config, index_split, mock_tfds,
+                                 write_image_folder, write_tiny_tfds)
 
 
 @pytest.fixture(scope='module')
@@ -267,6 +268,36 @@ def test_bad_record_is_named_from_a_worker_or_skipped(folder, tmp_path, devices,
   assert batch['image'].shape == (8, 16, 16, 3)
   assert int(np.asarray(masks[0]).sum()) == 7
   assert 'bad.jpg' in caplog.text and 'skipped' in caplog.text
+
+
+@pytest.mark.parametrize('decoder', ['host', 'nvimgcodec'])
+def test_a_jpeg_that_fails_in_its_batch_is_named_or_replaced(tmp_path, decoder):
+  """A JPEG whose header reads but whose data is cut fails when its batch is decoded: named, or
+  (skip_bad_images) replaced in train by the next record and masked out in eval."""
+  from resnet_jax.data.folder_source import load_folder_split
+  rng = np.random.default_rng(0)
+  jpegs = []
+  for i in range(6):
+    photo = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize((64, 48))
+    jpegs.append((f'train/c{i % 2}/{i}.jpg', encode(photo, 'JPEG')))
+  jpegs[2] = ('train/c0/cut.jpg', jpegs[2][1][:700])
+  split = load_folder_split('train', str(write_prepared(tmp_path, jpegs)))
+  transform = ImageTransform(augment='inception_crop', size=16, channels=3, decoder=decoder)
+
+  def train_batch(skip: bool) -> tuple[dict, grain_loader.LoadExample]:
+    load = grain_loader.LoadExample(split.records, transform, train=True, skip_bad_images=skip)
+    return load.collate([load(i, np.random.default_rng(i)) for i in range(4)]), load
+
+  with pytest.raises(BadImageError, match='cut.jpg'):
+    train_batch(skip=False)
+  batch, load = train_batch(skip=True)
+  assert load.skipped == 1 and batch['image'].shape == (4, 16, 16, 3)
+  np.testing.assert_array_equal(batch['label'], [0, 1, 1, 1])   # record 3 (label 1) for 2
+  np.testing.assert_array_equal(batch['image'], train_batch(skip=True)[0]['image'])
+  load = grain_loader.LoadExample(split.records, transform, train=False, skip_bad_images=True)
+  batch = load.collate([load(i) for i in (0, 1, 2, 3, -1)])
+  np.testing.assert_array_equal(batch['mask'], [True, True, False, True, False])
+  assert not batch['image'][2].any() and batch['image'][3].any()
 
 
 def test_device_resident_batches_and_resume(tmp_path, devices):

@@ -12,12 +12,7 @@ from PIL import Image, ImageFilter
 from resnet_jax.config_base import base_config
 from resnet_jax.data import device_ops, transforms
 from resnet_jax.data.decode import BadImageError, decode_array, load_pixels, open_image
-
-
-def encode(image: Image.Image, fmt: str, **kw) -> bytes:
-  buffer = io.BytesIO()
-  image.save(buffer, format=fmt, **kw)
-  return buffer.getvalue()
+from tests.data_builders import encode
 
 
 def rgb_image(w=40, h=30, seed=0) -> np.ndarray:

@@ -1,6 +1,5 @@
 """Eval protocols: view geometry, host and device views, and the metrics of a whole pass."""
 
-import io
 import json
 
 import jax
@@ -18,7 +17,7 @@ from resnet_jax.eval_protocols import Protocol
 from resnet_jax.evaluate import evaluate_workdir
 from resnet_jax.train.loop import create_trainer
 from resnet_jax.train.steps import topk_correct
-from tests.data_builders import folder_config, write_image_folder
+from tests.data_builders import encode, folder_config, write_image_folder
 from tests.helpers import write_idx_dataset
 
 CLASSES = {'cat': 5, 'dog': 3, 'fox': 4}
@@ -50,9 +49,7 @@ def test_host_views_match_the_eval_crop():
   rng = np.random.default_rng(0)
   image = Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8))
   for fmt in ('PNG', 'JPEG'):
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt)
-    data = buffer.getvalue()
+    data = encode(image, fmt)
     eval_crop = ImageTransform('none', 16, 3, eval_resize=18).eval(data, 'x')
     views = eval_protocols.host_views(Protocol('ten_crop', 16, 18, ()), data, 'x', 3)
     assert len(views) == 10 and all(v.shape == (16, 16, 3) for v in views)

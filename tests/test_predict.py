@@ -1,6 +1,5 @@
 """`python -m resnet_jax.predict` on a run trained for two steps on a generated image folder."""
 
-import io
 import json
 
 import numpy as np
@@ -12,7 +11,7 @@ from resnet_jax.config_base import base_config
 from resnet_jax.data.prepare import prepare
 from resnet_jax.data.transforms import ImageTransform
 from resnet_jax.train.loop import train_and_evaluate
-from tests.data_builders import folder_config, write_image_folder
+from tests.data_builders import encode, folder_config, write_image_folder
 
 CLASSES = {'good': 6, 'hole': 4}
 
@@ -84,10 +83,8 @@ def test_a_photo_larger_than_the_crop_is_seen_whole_where_eval_does_not_resize()
   rng = np.random.default_rng(0)
   buffers = []
   for size in ((16, 16), (64, 48)):
-    buffer = io.BytesIO()
-    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(
-        buffer, format='PNG')
-    buffers.append(buffer.getvalue())
+    buffers.append(encode(Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3),
+                                                       dtype=np.uint8)), 'PNG'))
   ours, evals = predict.predict_transform(d, 3), ImageTransform.from_config(d, 3)
   np.testing.assert_array_equal(ours.eval(buffers[0], 'a'), evals.eval(buffers[0], 'a'))
   whole = ImageTransform('none', 16, 3, eval_resize=16).eval(buffers[1], 'b')   # 48 -> 16

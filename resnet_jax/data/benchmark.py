@@ -5,8 +5,8 @@
 
 Reads a prepared dataset (DIR with dataset.json), or an image folder ROOT/train/<class>/ that it
 prepares first, or (no --folder) N generated JPEGs of ImageNet-like size (500x375, quality 90).
-Measures (1) one core: the per-example work in this thread, no grain, and the time of each of its
-stages; (2) the grain pipeline with K worker processes producing uint8 batches
+Measures (1) one core: the work of whole batches in this thread, no grain, and the time of each
+of its stages; (2) the grain pipeline with K worker processes producing uint8 batches
 [B, 224, 224, 3], after warm-up batches. Prints a summary and one JSON line.
 """
 
@@ -29,8 +29,8 @@ from resnet_jax.data import folder_format, grain_loader
 from resnet_jax.data.decode import open_image
 from resnet_jax.data.folder_source import load_folder_split
 from resnet_jax.data.prepare import prepare
-from resnet_jax.data.transforms import (DECODERS, ImageTransform, decode_for_box, flipped_array,
-                                        random_flips, resize_box)
+from resnet_jax.data.transforms import (DECODERS, Crop, ImageTransform, decode_for_box,
+                                        flipped_array, random_flips, resize_box)
 
 
 def generate_jpegs(root: Path, num_images: int, *, size: tuple[int, int] = (500, 375),
@@ -47,17 +47,20 @@ def generate_jpegs(root: Path, num_images: int, *, size: tuple[int, int] = (500,
   return root
 
 
-def one_core_rate(load: grain_loader.LoadExample, num_examples: int) -> float:
-  """Examples/s of decode + augmentation in this thread (CPU time: one core's throughput)."""
+def one_core_rate(load: grain_loader.LoadExample, num_examples: int, batch_size: int) -> float:
+  """Examples/s of the per-example planning and the per-batch decoding and resizing, in this
+  thread (CPU time: one core's throughput)."""
   rng = np.random.default_rng(0)
   start = time.process_time()
-  for i in range(num_examples):
-    load(i % len(load.records), rng)
+  for first in range(0, num_examples, batch_size):
+    load.collate([load(i % len(load.records), rng)
+                  for i in range(first, min(first + batch_size, num_examples))])
   return num_examples / (time.process_time() - start)
 
 
 def stage_times(load: grain_loader.LoadExample, num_examples: int) -> dict[str, float]:
-  """Wall-clock ms per example of each stage of the train transform, in this thread."""
+  """Wall-clock ms per example of each stage of the train transform, in this thread (each crop
+  decoded on its own: with nvImageCodec on a GPU, a batch of one)."""
   t = load.transform
   rng = np.random.default_rng(0)
   totals = collections.Counter()
@@ -76,15 +79,15 @@ def stage_times(load: grain_loader.LoadExample, num_examples: int) -> dict[str, 
     lap('read record')
     header = open_image(record['image'], record['key'])
     lap('read header')
-    box = t.train_box(*header.size, rng)
-    flips = random_flips(rng, hflip=t.hflip, vflip=t.vflip)
+    crop = Crop(header, t.train_box(*header.size, rng),
+                random_flips(rng, hflip=t.hflip, vflip=t.vflip), record['key'], t.fast_decode)
     lap('plan crop')
-    pixels, box = decode_for_box(header, box, t.size, t.channels, record['key'], t.fast_decode,
-                                 t.decoder)
+    pixels, box = t.decode_regions([crop])[0] or decode_for_box(
+        header, crop.box, t.size, t.channels, crop.key, crop.fast)
     lap('decode')
     image = resize_box(pixels, box, t.size)
     lap('resize')
-    arrays.append(flipped_array(image, flips))
+    arrays.append(flipped_array(image, crop.flips))
     lap('flip, to array')
   start = time.perf_counter()
   np.stack(arrays)
@@ -131,7 +134,7 @@ def run(folder: str | None, *, generate: int, workers: int, batch_size: int, ste
     load = grain_loader.LoadExample(split.records, transform, train=True, skip_bad_images=False)
     sample = [split.records[i]['image'] for i in range(min(len(split), 200))]
     sizes = [Image.open(io.BytesIO(b)).size for b in sample]
-    one_core = one_core_rate(load, min(len(split), 500))
+    one_core = one_core_rate(load, min(len(split), 500), batch_size)
     stages = stage_times(load, min(len(split), 200))
     rate = pipeline_rate(load, workers=workers, batch_size=batch_size, steps=steps,
                          warmup=warmup)

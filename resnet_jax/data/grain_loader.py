@@ -1,14 +1,17 @@
-"""The grain pipeline: this process's share of a split, decoded and augmented per example, batched.
+"""The grain pipeline: this process's share of a split, augmented and batched.
 
-Train: shuffle (a new order every epoch), random augmentation (its randomness a function of the
+Each example's augmentation is planned on its own (`LoadExample`: the record read, the crop
+planned on the image header), then each batch is decoded, resized and stacked at once
+(`LoadExample.collate`), so that a decoder that works on batches (nvJPEG) gets them. Train: shuffle (a new order every epoch), random augmentation (its randomness a function of the
 seed and the example's position in the stream, so the batches do not depend on the number of
 workers), per-epoch batches with the remainder dropped, repeated forever. The pipeline is a
 `grain.MapDataset`, so resuming at step k is `dataset[k:]`. Eval: one pass, the last batch padded
 with `mask=False` examples.
 """
 
+import dataclasses
 import math
-from typing import Iterator
+from typing import Any, Iterator, Protocol, Sequence
 
 import grain
 import numpy as np
@@ -16,7 +19,7 @@ from absl import flags, logging
 
 from resnet_jax.data.decode import BadImageError
 from resnet_jax.data.splits import Records, shard_indices
-from resnet_jax.data.transforms import ImageTransform
+from resnet_jax.data.transforms import Crop, ImageTransform
 
 HostBatch = dict[str, np.ndarray]
 READ_THREADS = 1            # threads per process (main or worker) that build batches
@@ -28,12 +31,22 @@ def derive_seed(seed: int, *salt: int) -> int:
   return int(np.random.SeedSequence([seed, *salt]).generate_state(1)[0])
 
 
+@dataclasses.dataclass(frozen=True)
+class Planned:
+  """An example whose image is planned (`Crop`) or finished (uint8 array). `index` -1: eval
+  padding. `rng_state`: train's random generator after the planning, for a replacement."""
+  index: int
+  label: int
+  image: Crop | np.ndarray
+  rng_state: dict[str, Any] | None = None
+
+
 class LoadExample:
-  """Example index -> `{'image': uint8 [S, S, C], 'label': int32}` (+ `'mask'` for eval).
+  """Example index -> `Planned` (grain's map); `collate`: `Planned` examples -> a batch
+  `{'image': uint8 [B, S, S, C], 'label': int32 [B]}` (+ `'mask'` for eval).
 
   A bad image raises `BadImageError` naming its record and file; with `skip_bad_images` it is
-  logged and counted, and replaced by the next good record (train) or masked out (eval). Index -1
-  is eval padding: a zero image with `mask=False`.
+  logged and counted, and replaced by the next good record (train) or masked out (eval).
   """
 
   def __init__(self, records: Records, transform: ImageTransform, *, train: bool,
@@ -44,13 +57,13 @@ class LoadExample:
     self.skip_bad_images = skip_bad_images
     self.skipped = 0
 
-  def _load(self, index: int, rng: np.random.Generator | None) -> tuple[np.ndarray, int]:
+  def _plan(self, index: int, rng: np.random.Generator | None) -> Planned:
     record = self.records[index]
     if self.train:
-      image = self.transform.train(record['image'], record['key'], rng)
-    else:
-      image = self.transform.eval(record['image'], record['key'])
-    return image, record['label']
+      image = self.transform.plan_train(record['image'], record['key'], rng)
+      return Planned(index, record['label'], image, rng.bit_generator.state)
+    return Planned(index, record['label'], self.transform.plan_eval(record['image'],
+                                                                     record['key']))
 
   def _skip(self, error: BadImageError) -> None:
     if not self.skip_bad_images:
@@ -58,29 +71,59 @@ class LoadExample:
     self.skipped += 1
     logging.warning('skipped a bad image (%d in this process so far): %s', self.skipped, error)
 
-  def _padding(self) -> dict[str, np.ndarray]:
+  def _padding(self) -> Planned:
     t = self.transform
-    return {'image': np.zeros((t.size, t.size, t.channels), np.uint8), 'label': np.int32(0),
-            'mask': np.bool_(False)}
+    return Planned(-1, 0, np.zeros((t.size, t.size, t.channels), np.uint8))
 
-  def __call__(self, index: int, rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
-    if not self.train:
-      if index < 0:
-        return self._padding()
-      try:
-        image, label = self._load(index, None)
-      except BadImageError as e:
-        self._skip(e)
-        return self._padding()
-      return {'image': image, 'label': np.int32(label), 'mask': np.bool_(True)}
+  def _first_good(self, index: int, rng: np.random.Generator, *, finish: bool) -> Planned:
+    """The first record from `index` on whose image plans (and with `finish`, decodes)."""
     n = len(self.records)
     for attempt in range(n):
       try:
-        image, label = self._load((index + attempt) % n, rng)
-        return {'image': image, 'label': np.int32(label)}
+        planned = self._plan((index + attempt) % n, rng)
+        if finish:
+          planned = dataclasses.replace(planned, image=self.transform.finish(planned.image))
+        return planned
       except BadImageError as e:
         self._skip(e)
     raise BadImageError('no record of the split could be decoded')
+
+  def __call__(self, index: int, rng: np.random.Generator | None = None) -> Planned:
+    if self.train:
+      return self._first_good(index, rng, finish=False)
+    if index < 0:
+      return self._padding()
+    try:
+      return self._plan(index, None)
+    except BadImageError as e:
+      self._skip(e)
+      return self._padding()
+
+  def _replacement(self, bad: Planned) -> Planned:
+    """For a train image that fails to decode: the next good record, finished, its randomness
+    continuing the bad one's (the batches stay a function of the seed)."""
+    rng = np.random.Generator(getattr(np.random, bad.rng_state['bit_generator'])())
+    rng.bit_generator.state = bad.rng_state
+    return self._first_good(bad.index + 1, rng, finish=True)
+
+  def collate(self, examples: Sequence[Planned]) -> HostBatch:
+    """The batch of `examples`: their crops decoded together, resized and flipped."""
+    crops = [e.image for e in examples if isinstance(e.image, Crop)]
+    decoded = iter(self.transform.decode_regions(crops))
+    finished = []
+    for e in examples:
+      if isinstance(e.image, Crop):
+        try:
+          e = dataclasses.replace(e, image=self.transform.render(e.image, next(decoded)))
+        except BadImageError as error:
+          self._skip(error)
+          e = self._replacement(e) if self.train else self._padding()
+      finished.append(e)
+    batch = {'image': np.stack([e.image for e in finished]),
+             'label': np.array([e.label for e in finished], np.int32)}
+    if not self.train:
+      batch['mask'] = np.array([e.index >= 0 for e in finished])
+    return batch
 
 
 class EpochShuffle(grain.MapDataset):
@@ -123,7 +166,7 @@ def train_dataset(load: LoadExample, *, seed: int, batch_size: int, process_inde
                      f'batch of {batch_size}')
   ds = (EpochShuffle(shard, seed=derive_seed(seed, process_index, 0))
         .random_map(load, seed=derive_seed(seed, process_index, 1))
-        .batch(batch_size, drop_remainder=True)
+        .batch(batch_size, drop_remainder=True, batch_fn=load.collate)
         .repeat())
   return ds, steps_per_epoch
 
@@ -133,14 +176,24 @@ def eval_steps(num_examples: int, batch_size: int, process_count: int) -> int:
   return math.ceil(math.ceil(num_examples / process_count) / batch_size)
 
 
-def eval_dataset(load: LoadExample, *, batch_size: int, process_index: int,
+class EvalExamples(Protocol):
+  """Makes eval examples (index -1: padding) and batches them: `LoadExample`, or
+  `eval_protocols.ViewExamples`."""
+
+  def __call__(self, index: int) -> Any: ...
+
+  def collate(self, examples: Sequence[Any]) -> HostBatch: ...
+
+
+def eval_dataset(load: EvalExamples, *, batch_size: int, process_index: int,
                  process_count: int) -> grain.MapDataset:
   """One pass over this process's share, padded (index -1) to whole batches."""
   n = len(load.records)
   shard = shard_indices(n, process_index, process_count, drop_remainder=False)
   indices = np.full(eval_steps(n, batch_size, process_count) * batch_size, -1, np.int64)
   indices[:len(shard)] = shard
-  return grain.MapDataset.source(indices.tolist()).map(load).batch(batch_size)
+  return grain.MapDataset.source(indices.tolist()).map(load).batch(batch_size,
+                                                                   batch_fn=load.collate)
 
 
 def host_batches(ds: grain.MapDataset, *, start: int = 0,

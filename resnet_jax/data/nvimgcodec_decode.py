@@ -6,13 +6,14 @@ that one decodes at full scale). Each process uses the first GPU it sees.
 On the GPU the host's cores are left with reading records, resizing and batching, which is what
 the ImageNet-style pipeline needs to keep pace with a ResNet-50 step (docs/benchmarks.md: JPEG
 decoding is about 70% of its host work per image). Each process (each grain worker) makes its
-own decoder, on its first image.
+own decoder, on its first batch, and decodes each batch's crops in one call.
 
 Install: `pip install -e ".[nvimgcodec]"` (nvidia-nvimgcodec-cu13 and nvidia-nvjpeg).
 """
 
 import os
 import threading
+from typing import Sequence
 
 import numpy as np
 from absl import logging
@@ -46,18 +47,21 @@ def _make_decoder():
   return nvimgcodec, decoder, params
 
 
-def decode_region(data: bytes, region: Region) -> np.ndarray | None:
-  """uint8 RGB [lower - upper, right - left, 3] of that region of a JPEG (grey ones too); None
-  where nvImageCodec cannot decode it (the host decoder then gives the verdict).
+def decode_regions(items: Sequence[tuple[bytes, Region]]) -> list[np.ndarray | None]:
+  """uint8 RGB [lower - upper, right - left, 3] of each (JPEG, region), grey JPEGs too, decoded in
+  one call (one batch for nvJPEG, whose hardware engines decode batches); None where nvImageCodec
+  cannot decode the image (the host decoder then gives the verdict).
 
-  Only the rows down to the region's end are read: damage below it goes unnoticed, where the
+  Only the rows down to each region's end are read: damage below it goes unnoticed, where the
   host decoder, which decodes every image whole, would call the file bad.
   """
+  if not items:
+    return []
   if not hasattr(_local, 'decoder'):
     _local.decoder = _make_decoder()
   nvimgcodec, decoder, params = _local.decoder
-  left, upper, right, lower = region
-  stream = nvimgcodec.CodeStream(data).get_sub_code_stream(
-      region=nvimgcodec.Region(upper, left, lower, right))
-  image = decoder.decode(stream, params=params)
-  return None if image is None else np.asarray(image.cpu())
+  streams = [nvimgcodec.CodeStream(data).get_sub_code_stream(
+                 region=nvimgcodec.Region(upper, left, lower, right))
+             for data, (left, upper, right, lower) in items]
+  return [None if image is None else np.asarray(image.cpu())
+          for image in decoder.decode(streams, params=params)]

@@ -1,9 +1,10 @@
 """Per-example augmentation on the host (PIL and numpy), for the grain pipeline. Output: uint8.
 
-ImageNet-style crops are planned on the image header first (a box in source pixels), then the
-image is decoded (a JPEG at a reduced scale where the box allows it; with data.decoder=
-'nvimgcodec', only the region the resize reads, on the GPU) and only the box is resized:
-one resample instead of resize-everything-then-crop, which gives the same pixels. The resample is
+ImageNet-style crops are planned on the image header first (a `Crop`: a box in source pixels and
+the flips), then the image is decoded (a JPEG at a reduced scale where the box allows it; with
+data.decoder='nvimgcodec', only the region the resize reads, a whole batch of crops in one call,
+on the GPU) and only the box is resized: one resample instead of resize-everything-then-crop,
+which gives the same pixels. The resample is
 PIL's antialiased bilinear filter (support widened by the shrink factor), computed with SIMD by
 fast_image_resize (the cykooz-resizer wheel): within 1 of PIL's values in a third of the time.
 """
@@ -11,6 +12,7 @@ fast_image_resize (the cykooz-resizer wheel): within 1 of PIL's values in a thir
 import dataclasses
 import math
 import threading
+from typing import Sequence
 
 import ml_collections
 import numpy as np
@@ -77,29 +79,20 @@ def center_crop_box(width: int, height: int, *, size: int, resize: int = 0) -> B
 
 
 def crop_resize(image: Header, box: Box, size: int, channels: int, key: str,
-                flips: tuple[bool, bool] = (False, False), fast_decode: bool = False,
-                decoder: str = 'host') -> np.ndarray:
+                flips: tuple[bool, bool] = (False, False), fast_decode: bool = False) -> np.ndarray:
   """Decodes `image` (opened, not loaded), resizes the `box` region to size x size and applies
   the (horizontal, vertical) `flips`. `fast_decode`: as `decode.load_pixels`'s `fast`."""
-  pixels, box = decode_for_box(image, box, size, channels, key, fast_decode, decoder)
+  pixels, box = decode_for_box(image, box, size, channels, key, fast_decode)
   return flipped_array(resize_box(pixels, box, size), flips)
 
 
-def decode_for_box(image: Header, box: Box, size: int, channels: int, key: str,
-                   fast: bool = False, decoder: str = 'host') -> tuple[Image.Image, Box]:
-  """The pixels the resize of `box` reads, and the box in those pixels.
+Decoded = tuple[Image.Image, Box]   # pixels, and the crop's box in them
 
-  'host': all of `image`, a JPEG at the smallest scale that keeps the box at least size x size.
-  'nvimgcodec': an RGB or grey JPEG's region that the resize reads, at full scale
-  (`nvimgcodec_decode`); other images, and JPEGs it cannot decode, as 'host'.
-  """
-  if decoder == 'nvimgcodec' and channels == 3 and isinstance(image, JpegHeader):
-    region = _region_read(box, *image.size, size)
-    pixels = nvimgcodec_decode.decode_region(image.data, region)
-    if pixels is not None:
-      left, upper = region[:2]
-      return (Image.fromarray(pixels),
-              (box[0] - left, box[1] - upper, box[2] - left, box[3] - upper))
+
+def decode_for_box(image: Header, box: Box, size: int, channels: int, key: str,
+                   fast: bool = False) -> Decoded:
+  """All of `image`, a JPEG at the smallest scale that keeps the box at least size x size, and
+  the box in those pixels."""
   width, height = image.size
   shrink = max(1.0, min(box[2] - box[0], box[3] - box[1]) / size)
   pixels = load_pixels(image, channels, key,
@@ -163,6 +156,17 @@ def flip(image: np.ndarray, flips: tuple[bool, bool]) -> np.ndarray:
 
 
 @dataclasses.dataclass(frozen=True)
+class Crop:
+  """A crop planned on an image's header: its `box` (source pixels) to decode and resize, then
+  the (horizontal, vertical) `flips`; `fast`: decode with `data.fast_decode`."""
+  header: Header
+  box: Box
+  flips: tuple[bool, bool]
+  key: str
+  fast: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
 class ImageTransform:
   """The train augmentation and the eval crop of a config, for images of `channels` channels."""
   augment: str
@@ -194,16 +198,18 @@ class ImageTransform:
                scale_range=tuple(d.scale_range), pad=d.pad, hflip=d.hflip, vflip=d.vflip,
                fast_decode=d.fast_decode, decoder=d.decoder)
 
-  def train(self, data: bytes | np.ndarray, key: str, rng: np.random.Generator) -> np.ndarray:
+  def plan_train(self, data: bytes | np.ndarray, key: str,
+                 rng: np.random.Generator) -> Crop | np.ndarray:
+    """One image's train augmentation: its `Crop` (ImageNet-style and 'none'), or the finished
+    uint8 image ('cifar', whose random crop is cut from the decoded image)."""
     if self.augment == 'none':
-      return self.eval(data, key)
+      return self.plan_eval(data, key)
     if self.augment == 'cifar':
       image = pad_crop(decode_array(data, self.channels, key), rng, size=self.size, pad=self.pad)
       return flip(image, random_flips(rng, hflip=self.hflip, vflip=self.vflip))
     header = open_image(data, key)
-    return crop_resize(header, self.train_box(*header.size, rng), self.size, self.channels, key,
-                       random_flips(rng, hflip=self.hflip, vflip=self.vflip), self.fast_decode,
-                       self.decoder)
+    return Crop(header, self.train_box(*header.size, rng),
+                random_flips(rng, hflip=self.hflip, vflip=self.vflip), key, self.fast_decode)
 
   def train_box(self, width: int, height: int, rng: np.random.Generator) -> Box:
     """The random crop of the 'imagenet_scale' or 'inception_crop' augmentation."""
@@ -211,7 +217,43 @@ class ImageTransform:
       return scale_augment_box(width, height, rng, size=self.size, scale_range=self.scale_range)
     return inception_crop_box(width, height, rng)
 
-  def eval(self, data: bytes | np.ndarray, key: str) -> np.ndarray:
+  def plan_eval(self, data: bytes | np.ndarray, key: str) -> Crop:
     header = open_image(data, key)
-    box = center_crop_box(*header.size, size=self.size, resize=self.eval_resize)
-    return crop_resize(header, box, self.size, self.channels, key, decoder=self.decoder)
+    return Crop(header, center_crop_box(*header.size, size=self.size, resize=self.eval_resize),
+                (False, False), key)
+
+  def decode_regions(self, crops: Sequence[Crop]) -> list[Decoded | None]:
+    """With data.decoder='nvimgcodec', the region that each RGB or grey JPEG crop's resize reads,
+    decoded at full scale, all in one call (one batch on the GPU); None for the crops that the
+    host decoder is to decode (every crop with 'host'; other images; JPEGs nvImageCodec cannot
+    decode, for the host decoder's verdict)."""
+    decoded: list[Decoded | None] = [None] * len(crops)
+    if self.decoder != 'nvimgcodec' or self.channels != 3:
+      return decoded
+    jpegs = [(i, _region_read(c.box, *c.header.size, self.size))
+             for i, c in enumerate(crops) if isinstance(c.header, JpegHeader)]
+    regions = nvimgcodec_decode.decode_regions([(crops[i].header.data, r) for i, r in jpegs])
+    for (i, (left, upper, _, _)), pixels in zip(jpegs, regions):
+      if pixels is not None:
+        b = crops[i].box
+        decoded[i] = Image.fromarray(pixels), (b[0] - left, b[1] - upper, b[2] - left, b[3] - upper)
+    return decoded
+
+  def render(self, crop: Crop, decoded: Decoded | None = None) -> np.ndarray:
+    """uint8 [size, size, C]: `crop` resized from its `decoded` region (else decoded by the host
+    decoder, which raises `BadImageError` naming a bad file) and flipped."""
+    pixels, box = decoded or decode_for_box(crop.header, crop.box, self.size, self.channels,
+                                            crop.key, crop.fast)
+    return flipped_array(resize_box(pixels, box, self.size), crop.flips)
+
+  def finish(self, planned: Crop | np.ndarray) -> np.ndarray:
+    """One planned image on its own (a batch of one): the uint8 image."""
+    if isinstance(planned, np.ndarray):
+      return planned
+    return self.render(planned, self.decode_regions([planned])[0])
+
+  def train(self, data: bytes | np.ndarray, key: str, rng: np.random.Generator) -> np.ndarray:
+    return self.finish(self.plan_train(data, key, rng))
+
+  def eval(self, data: bytes | np.ndarray, key: str) -> np.ndarray:
+    return self.finish(self.plan_eval(data, key))
