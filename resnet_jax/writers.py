@@ -12,16 +12,17 @@ Every line is flushed as it is written, so a crash loses nothing that was logged
 
 Event files (`events.out.tfevents.<unix time>.<host>`, one per writer) are written synchronously
 with tensorboardX's protobufs, no writer thread. On resume a run repeats the steps after its last
-checkpoint: the writer then starts its event file with a session-log START at the first repeated
-step (what TensorBoard's `purge_step` does), so TensorBoard hides the superseded events, and
-`read_metrics` drops the superseded lines: the latest record of a step range wins. Non-finite
-values are written as Python's json writes them (`NaN`, `Infinity`).
+checkpoint (`start_step`): the writer drops their records from `metrics.jsonl` (and a line torn by
+a crash), and starts its event file with a session-log START at the first repeated step (what
+TensorBoard's `purge_step` does), so TensorBoard hides the superseded events. Non-finite values
+are written as Python's json writes them (`NaN`, `Infinity`).
 
 Nothing here touches JAX; only the writer classes have side effects.
 """
 
 import importlib
 import json
+import os
 import socket
 import struct
 import sys
@@ -38,7 +39,7 @@ _PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 
 
 def read_metrics(workdir: str | Path) -> list[dict[str, Any]]:
-  """The records of `workdir/metrics.jsonl`, in order, with superseded (resumed) steps dropped.
+  """The records of `workdir/metrics.jsonl`, in order.
 
   Raises FileNotFoundError naming the directory if it does not exist or holds no metrics.jsonl,
   and ValueError naming file and line for a malformed line (a torn last line, as a crash while
@@ -50,8 +51,13 @@ def read_metrics(workdir: str | Path) -> list[dict[str, Any]]:
     raise FileNotFoundError(f'{workdir}: no such directory')
   if not path.is_file():
     raise FileNotFoundError(f'{workdir} is not a run directory: it has no {METRICS_FILE}')
+  return [record for _, record in _read_lines(path)]
+
+
+def _read_lines(path: Path) -> list[tuple[str, dict[str, Any]]]:
+  """(line, record) for each record of a metrics.jsonl; a torn last line is left out."""
   lines = path.read_text().splitlines()
-  records = []
+  out = []
   for number, line in enumerate(lines, 1):
     if not line.strip():
       continue
@@ -63,18 +69,20 @@ def read_metrics(workdir: str | Path) -> list[dict[str, Any]]:
       if number == len(lines):
         break   # torn last line of a crashed write
       raise ValueError(f'{path}:{number}: malformed metrics line ({e})') from None
-    records.append(record)
-  return drop_superseded(records)
-
-
-def drop_superseded(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-  """Keeps the latest history: a record whose step goes back drops the earlier ones from there."""
-  out: list[dict[str, Any]] = []
-  for record in records:
-    if out and record['step'] < out[-1]['step']:
-      out = [r for r in out if r['step'] < record['step']]
-    out.append(record)
+    out.append((line, record))
   return out
+
+
+def _keep_until(path: Path, step: int) -> list[dict[str, Any]]:
+  """Rewrites metrics.jsonl without the records after `step` and without a torn last line;
+  returns all the records it had."""
+  lines = _read_lines(path)
+  kept = ''.join(line + '\n' for line, record in lines if record['step'] <= step)
+  if kept != path.read_text():
+    partial = path.with_name(path.name + '.tmp')
+    partial.write_text(kept)
+    os.replace(partial, path)
+  return [record for _, record in lines]
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
@@ -111,20 +119,6 @@ def _json_default(obj: Any) -> Any:
   return obj.item() if isinstance(obj, np.generic) else str(obj)
 
 
-def _last_record(path: Path) -> dict[str, Any] | None:
-  """The last parseable line of an existing metrics.jsonl, or None."""
-  if not path.is_file():
-    return None
-  for line in reversed(path.read_text().splitlines()):
-    try:
-      record = json.loads(line)
-    except ValueError:
-      continue
-    if isinstance(record, dict) and 'step' in record:
-      return record
-  return None
-
-
 def tensorboardx(module: str):
   """`tensorboardX.<module>`, imported without torch.
 
@@ -152,12 +146,11 @@ def tf_record(data: bytes) -> bytes:
 class MetricWriter:
   """Writes scalars to TensorBoard and metrics.jsonl; a disabled writer does nothing at all.
 
-  Enable it on process 0 only. Events are written synchronously (no writer thread) and flushed
-  with each call. The event file opens on the first write, so that a resumed run can mark the
-  steps it repeats as superseded.
+  Enable it on process 0 only, with the step the run starts from (`start_step`: the restored
+  checkpoint's). Events are written synchronously (no writer thread) and flushed with each call.
   """
 
-  def __init__(self, workdir: str | Path, *, enabled: bool):
+  def __init__(self, workdir: str | Path, *, enabled: bool, start_step: int = 0):
     self.workdir = Path(workdir)
     self.enabled = enabled
     self._events = None
@@ -165,11 +158,13 @@ class MetricWriter:
     if not enabled:
       return
     self.workdir.mkdir(parents=True, exist_ok=True)
-    last = _last_record(self.workdir / METRICS_FILE)
-    self._last_step = last['step'] if last else None
-    self._time_offset = float(last.get('time', 0.0)) if last else 0.0
+    path = self.workdir / METRICS_FILE
+    earlier = _keep_until(path, start_step) if path.is_file() else []
+    # The clock goes on from the last record, superseded ones included (their time was spent).
+    self._time_offset = max((float(r.get('time', 0.0)) for r in earlier), default=0.0)
+    self._purge_step = start_step + 1 if earlier else None
     self._t0 = time.monotonic()
-    self._file = open(self.workdir / METRICS_FILE, 'a', encoding='utf-8')
+    self._file = open(path, 'a', encoding='utf-8')
 
   def _write_event(self, step: int | None, summary=None) -> None:
     """Appends an event with `summary` (opening the event file on first use) and flushes it."""
@@ -180,10 +175,10 @@ class MetricWriter:
       self._events = open(self.workdir / name, 'ab')
       self._events.write(tf_record(
           Event(wall_time=time.time(), file_version='brain.Event:2').SerializeToString()))
-      if step is not None and self._last_step is not None and step <= self._last_step:
-        # A resumed run repeats steps from `step` on: TensorBoard hides the older events there.
+      if self._purge_step is not None:
+        # A resumed run repeats the steps from here on: TensorBoard hides the older events there.
         self._events.write(tf_record(Event(
-            wall_time=time.time(), step=step,
+            wall_time=time.time(), step=self._purge_step,
             session_log=SessionLog(status=SessionLog.START)).SerializeToString()))
     if summary is not None:
       event = Event(wall_time=time.time(), step=step or 0, summary=summary)

@@ -164,23 +164,41 @@ def test_write_image_png_and_array(tmp_path):
 
 def test_resume_supersedes_repeated_steps(tmp_path):
   with MetricWriter(tmp_path, enabled=True) as w:
-    log_steps(w, range(1, 26))                 # crashed after step 25, checkpoint at 20
-  with MetricWriter(tmp_path, enabled=True) as w:
-    log_steps(w, range(21, 31), seed=1)        # resumed from step 20
-  records = read_metrics(tmp_path)
+    log_steps(w, range(1, 31))                 # crashed after step 30 (eval at 30), checkpoint at 20
+  with open(tmp_path / 'metrics.jsonl', 'a') as f:
+    f.write('{"step": 31, "tr')                 # ... while writing a line
+  old_time = json.loads((tmp_path / 'metrics.jsonl').read_text().splitlines()[-2])['time']
+  with MetricWriter(tmp_path, enabled=True, start_step=20) as w:
+    log_steps(w, range(21, 36), seed=1)        # resumed from step 20
+  lines = (tmp_path / 'metrics.jsonl').read_text().splitlines()
+  records = [json.loads(line) for line in lines]   # every line whole, on disk too
+  assert records == read_metrics(tmp_path)
   train_steps = [r['step'] for r in records if 'train/loss' in r]
-  assert train_steps == list(range(1, 31))
+  assert train_steps == list(range(1, 36))
   assert [r['step'] for r in records if 'eval/top1' in r] == [10, 20, 30]
-  assert records[-1]['time'] >= max(r['time'] for r in records[:-1])   # the clock goes on
+  resumed = next(r for r in records if r['step'] == 21)
+  assert resumed['time'] >= old_time   # the clock goes on from the lost steps
   purge = [e for e in read_events(tmp_path) if e.HasField('session_log')]
   assert [e.step for e in purge] == [21]        # TensorBoard hides the old events from 21 on
+
+
+def test_a_restart_before_the_first_checkpoint_supersedes_everything(tmp_path):
+  with MetricWriter(tmp_path, enabled=True) as w:
+    w.write_config({'a': 1})
+    log_steps(w, range(1, 6))
+  with MetricWriter(tmp_path, enabled=True) as w:   # no checkpoint: from step 0 again
+    w.write_config({'a': 1})
+    log_steps(w, range(1, 3), seed=1)
+  assert [r['step'] for r in read_metrics(tmp_path)] == [1, 2]
+  purge = [e for e in read_events(tmp_path) if e.HasField('session_log')]
+  assert [e.step for e in purge] == [1]
 
 
 def test_tensorboard_reads_the_event_files(tmp_path):
   """Where TensorBoard is installed (the GPU hosts), its own reader agrees with ours."""
   ea = pytest.importorskip('tensorboard.backend.event_processing.event_accumulator')
   workdir = fake_run(tmp_path, 'run', steps=25, finished=False)   # crashed after 25
-  with MetricWriter(workdir, enabled=True) as w:                    # resumed from 20
+  with MetricWriter(workdir, enabled=True, start_step=20) as w:     # resumed from 20
     log_steps(w, range(21, 31), seed=1)
     w.write_image('plots/loss', 30, plots.write_plots(workdir)[0])
   acc = ea.EventAccumulator(str(workdir), size_guidance={'scalars': 0, 'images': 0, 'tensors': 0})

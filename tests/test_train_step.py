@@ -3,6 +3,7 @@
 import concurrent.futures
 import json
 import threading
+import time
 
 import jax
 import jax.numpy as jnp
@@ -434,6 +435,21 @@ def test_the_first_batch_is_made_while_the_state_initialises(tmp_path, devices, 
   monkeypatch.setattr(Trainer, 'init_state', init_state_after_the_first_batch)
   summary = train_and_evaluate(fake_config(num_steps=2), tmp_path)
   assert summary['steps'] == 2
+
+
+def test_logged_step_time_leaves_out_evals_and_checkpoints(tmp_path, devices, monkeypatch):
+  from resnet_jax.writers import read_metrics
+  evaluate = Trainer.evaluate
+
+  def slow_evaluate(self, state, batches):
+    time.sleep(2.0)
+    return evaluate(self, state, batches)
+
+  monkeypatch.setattr(Trainer, 'evaluate', slow_evaluate)
+  train_and_evaluate(fake_config(num_steps=8, eval_every_steps=4), tmp_path)
+  times = {r['step']: r['step_time_ms'] for r in read_metrics(tmp_path) if 'step_time_ms' in r}
+  assert sorted(times) == [2, 4, 6, 8]
+  assert times[6] < 1000, times   # the two steps after the eval at step 4, without its 2 s
 
 
 def test_best_metric_must_be_one_that_evals_report(devices):

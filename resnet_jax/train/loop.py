@@ -343,7 +343,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   info = run_info(trainer, state, train_input, eval_input)
   write_json(workdir / 'config.json', config.to_dict())
   write_json(workdir / 'run_info.json', info)
-  writer = MetricWriter(workdir, enabled=main)
+  writer = MetricWriter(workdir, enabled=main, start_step=start_step)
   if start_step == 0:
     writer.write_config(config.to_dict())
   if main:
@@ -394,6 +394,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
           pending = []
         ckpt.save(step, state, train_input.get_state(), config,
                   eval_metrics if evaluated else None)
+        # The next logged rate measures training steps only, not this eval and checkpoint.
+        last_log_time, last_log_step = time.perf_counter(), step
       if preempted:
         logging.warning('preempted: checkpoint of step %d saved; exiting', step)
         progress.write(f'preempted at step {step}: checkpoint saved, exiting cleanly')
