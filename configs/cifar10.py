@@ -4,11 +4,15 @@
     python -m resnet_jax.main --config=configs/cifar10.py:plain20,holdout --workdir=runs/c10_p20
 
 Variant argument: a model (`resnet20|32|44|56|110|1202`, or `plain20..1202` for the plain
-baselines; default resnet20) and optionally `holdout` (train on 45k, evaluate on the held-out 5k,
-as the paper's Fig. 6 and Table 6 analysis does). Recipe: batch 128, SGD momentum 0.9, weight decay
-1e-4 (L2), lr 0.1 divided by 10 at 32k and 48k iterations, stop at 64k; 4-pixel pad, 32x32 random
-crop, horizontal flip; per-pixel mean subtraction (here per-channel mean/std). Option A
-shortcuts. ResNet-110 (and 1202) warm up at lr 0.01 for the first 400 iterations, as the paper does.
+baselines; default resnet20) and optionally `holdout` (train on 45k, evaluate on the held-out 5k:
+the split on which the paper chose its schedule; its Table 6 and Fig. 6 train on all 50k and test
+on the test set, as the default does). Recipe: batch 128, SGD momentum 0.9, weight decay 1e-4
+(L2), lr 0.1 divided by 10 at 32k and 48k iterations, stop at 64k; 4-pixel pad, 32x32 random crop,
+horizontal flip; per-pixel mean subtraction (here per-channel mean/std, and the padding black
+before it, not the mean). Option A shortcuts. BN statistics over the whole batch of 128 (the
+paper's two GPUs saw 64 each: `--config.model.bn_group_size=64`). The 110- and 1202-layer nets
+(plain ones too) warm up at lr 0.01 for 400 iterations, which stands in for the paper's "until the
+training error is below 80% (about 400 iterations)", stated for ResNet-110.
 The paper reports test error 8.75% (ResNet-20), 7.51% (32), 7.17% (44), 6.97% (56), 6.43% (110),
 7.93% (1202). Needs `tfds build cifar10` first (extra `prepare`; see the README).
 """

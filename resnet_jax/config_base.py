@@ -1,8 +1,8 @@
 """The one schema every config file starts from.
 
-Config files in `configs/` call `base_config()` and change fields; they never add new top-level
-keys, so that a typo on the command line (`--config.optimizer.lrr=0.1`) is an error, not a silently
-ignored field.
+Config files in `configs/` call `base_config()` and change fields. The schema comes locked: a
+field that is not in it, misspelt in a config file (`c.optimizer.weight_decy = 5e-4`) or on the
+command line (`--config.optimizer.lrr=0.1`), is an error, not a silently ignored setting.
 """
 
 import ml_collections
@@ -111,11 +111,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.best_metric = 'eval/top1'
   c.profile_steps = (0, 0)    # (first, last) step of a JAX profiler trace; (0, 0) = off
 
-  c.eval = ml_collections.ConfigDict(dict(
+  c.eval = ml_collections.ConfigDict(dict(   # --mode=eval; training evals are centre crops
       protocol='center_crop',  # 'center_crop' | 'ten_crop' | 'multi_scale'
       scales=(224, 256, 384, 480, 640),
       checkpoint='latest',     # 'latest' | 'best'
   ))
+  c.lock()
   return c
 
 

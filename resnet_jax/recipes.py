@@ -14,10 +14,10 @@ CIFAR_VARIANTS = [f'{k}{d}' for k in ('resnet', 'plain') for d in CIFAR_DEPTHS]
 
 
 def idx_recipe(arg: str | None, *, dataset: str, data_dir: str, mean: float, std: float,
-               hflip: bool) -> ml_collections.ConfigDict:
-  """A CIFAR-family net on 28x28 idx data (MNIST, Fashion-MNIST) with the paper's CIFAR recipe;
-  with the `fast` or `best` flag ('resnet20,fast'), the fast or the most accurate recipe of
-  docs/results.md instead."""
+               hflip: bool, num_epochs: int = 30) -> ml_collections.ConfigDict:
+  """A CIFAR-family net on 28x28 idx data (MNIST, Fashion-MNIST) with the paper's CIFAR recipe
+  for `num_epochs`; with the `fast` or `best` flag ('resnet20,fast'), the fast or the most
+  accurate recipe of docs/results.md instead (its own number of epochs)."""
   name, flags = parse_variant(arg, CIFAR_VARIANTS, 'resnet20', flags=('fast', 'best'))
   if flags == {'fast', 'best'}:
     raise ValueError(f'config variant {arg!r}: choose one of the flags fast and best')
@@ -35,9 +35,9 @@ def idx_recipe(arg: str | None, *, dataset: str, data_dir: str, mean: float, std
   c.data.std = (std,)
   c.data.device_resident = True
   c.batch_size = 128
-  c.eval_batch_size = 1000
+  c.eval_batch_size = 1024
   c.num_steps = 0
-  c.num_epochs = 30
+  c.num_epochs = num_epochs
   c.optimizer.lr = 0.1
   c.optimizer.lr_batch_size = 128
   c.optimizer.weight_decay = 1e-4
@@ -103,7 +103,7 @@ def cifar10_recipe(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.std = (0.2470, 0.2435, 0.2616)
   c.data.device_resident = True
   c.batch_size = 128
-  c.eval_batch_size = 1000
+  c.eval_batch_size = 1024
   c.num_steps = 64_000
   c.optimizer.lr = 0.1
   c.optimizer.lr_batch_size = 128
@@ -147,7 +147,7 @@ def imagenet_recipe(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.num_workers = 16
   c.data.prefetch = 2
   c.batch_size = 256
-  c.eval_batch_size = 250
+  c.eval_batch_size = 256
   c.num_steps = 0
   c.num_epochs = 90 if modern else 120
   c.dtype = 'bfloat16' if modern else 'float32'

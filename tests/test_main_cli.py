@@ -31,7 +31,10 @@ def load_config(spec: str, *overrides: str):
 def test_every_config_loads_with_a_docstring(name):
   text = (ROOT / 'configs' / name).read_text()
   assert text.startswith('"""') and 'python -m resnet_jax' in text.split('"""')[1], name
-  assert load_config(name).model.name
+  config = load_config(name)
+  assert config.model.name
+  # Batches that split over the 8 GPUs or TPU cores of a usual host.
+  assert config.batch_size % 8 == 0 and config.eval_batch_size % 8 == 0, name
 
 
 def test_variants_and_overrides_reach_the_config():
@@ -54,6 +57,13 @@ def test_variants_and_overrides_reach_the_config():
     load_config('fashion_mnist.py:resnet20,fast,best')
 
 
+def test_the_fast_and_best_recipes_keep_their_epochs_on_mnist():
+  assert load_config('mnist.py').num_epochs == 15
+  for flag in ('fast', 'best'):
+    assert (load_config(f'mnist.py:resnet20,{flag}').num_epochs
+            == load_config(f'fashion_mnist.py:resnet20,{flag}').num_epochs > 15)
+
+
 def test_unknown_variant_lists_valid_ones():
   with pytest.raises(Exception, match='resnet50'):
     load_config('imagenet.py:resnet51')
@@ -64,6 +74,19 @@ def test_bad_key_fails_with_its_name(tmp_path):
   assert r.returncode != 0
   assert 'lrr' in r.stderr
   assert not (tmp_path / 'checkpoints').exists()
+
+
+def test_a_misspelt_field_in_a_config_file_fails_with_its_name(tmp_path):
+  config = tmp_path / 'typo.py'
+  config.write_text('from resnet_jax.config_base import base_config\n\n'
+                    'def get_config():\n'
+                    '  c = base_config()\n'
+                    '  c.optimizer.weight_decy = 5e-4\n'
+                    '  return c\n')
+  r = run_main(f'--config={config}', f'--workdir={tmp_path / "run"}', cwd=ROOT)
+  assert r.returncode != 0
+  assert 'weight_decy' in r.stderr
+  assert not (tmp_path / 'run').exists()
 
 
 def test_bad_value_type_fails_with_its_name(tmp_path):

@@ -6,6 +6,10 @@
 The paper's ImageNet recipe; the residual nets use option A (zero-padding, no extra parameters),
 as in Table 2. Paper top-1 error (10-crop): plain-18 27.94%, plain-34 28.54%, ResNet-18 27.88%,
 ResNet-34 25.03%.
+
+The sweep's evals are centre crops; for the paper's 10-crop figures, evaluate each point
+with `python -m resnet_jax.main --mode=eval --config.eval.protocol=ten_crop` (its
+`--print-commands` line, with those flags added).
 """
 
 from resnet_jax.recipes import load_recipe

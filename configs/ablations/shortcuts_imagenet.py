@@ -4,6 +4,10 @@
 
 The paper's ImageNet recipe (configs/imagenet.py). Paper 10-crop top-1 error: A 25.03%,
 B 24.52%, C 24.19%.
+
+The sweep's evals are centre crops; for the paper's 10-crop figures, evaluate each point
+with `python -m resnet_jax.main --mode=eval --config.eval.protocol=ten_crop` (its
+`--print-commands` line, with those flags added).
 """
 
 from resnet_jax.recipes import load_recipe
