@@ -13,8 +13,9 @@ to last inclusive. Pick `first` after the compilation (e.g. (10, 15)). A run res
 range traces the rest of it. View with TensorBoard's profile plugin or Perfetto (xprof).
 """
 
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from absl import logging
 
@@ -95,16 +96,22 @@ def kernel_category(kernel: str) -> str:
   return 'other'
 
 
+def first_gpu(planes: Iterable[Any]) -> Any | None:
+  """The trace plane of the lowest-numbered GPU (`/device:GPU:0`), or None. Every GPU runs the
+  same program, so one GPU's kernels are the time per step; all of them would count it N times."""
+  gpus = [p for p in planes if re.fullmatch(r'/device:GPU:\d+', p.name)]
+  return min(gpus, key=lambda p: int(p.name.rsplit(':', 1)[1]), default=None)
+
+
 def device_kernel_times(logdir: str | Path) -> dict[str, list[int]]:
-  """{kernel name: [total ns, launches]} over the GPU streams of the newest trace."""
+  """{kernel name: [total ns, launches]} over the streams of the first GPU in the newest trace."""
   from jax.profiler import ProfileData
   traces = sorted(Path(logdir).glob('**/*.xplane.pb'), key=lambda p: p.stat().st_mtime)
   if not traces:
     raise FileNotFoundError(f'no *.xplane.pb trace under {logdir}')
   times: dict[str, list[int]] = {}
-  for plane in ProfileData.from_file(str(traces[-1])).planes:
-    if not plane.name.startswith('/device:GPU'):
-      continue
+  plane = first_gpu(ProfileData.from_file(str(traces[-1])).planes)
+  if plane is not None:
     for line in plane.lines:
       if not line.name.startswith('Stream'):
         continue

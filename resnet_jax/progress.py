@@ -33,7 +33,7 @@ def format_count(n: float) -> str:
   for div, suffix in ((1e9, 'G'), (1e6, 'M'), (1e3, 'K')):
     if abs(n) >= div:
       return f'{n / div:.4g}{suffix}'
-  return f'{n:g}'
+  return f'{n:.4g}'
 
 
 def _n(value: Any) -> str:

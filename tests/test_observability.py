@@ -6,6 +6,7 @@ import math
 import struct
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import matplotlib.image
@@ -449,6 +450,14 @@ def test_profiler_traces_the_range(tmp_path):
 ])
 def test_kernel_categories_come_from_kernel_names(kernel, category):
   assert profiling.kernel_category(kernel) == category
+
+
+def test_the_kernel_breakdown_counts_one_gpu():
+  planes = [types.SimpleNamespace(name=n) for n in
+            ('/host:CPU', '/device:GPU:10', '/device:GPU:2', '/device:GPU:0', '/device:TPU:0')]
+  assert profiling.first_gpu(planes).name == '/device:GPU:0'
+  assert profiling.first_gpu(planes[:3]).name == '/device:GPU:2'
+  assert profiling.first_gpu(planes[:1]) is None
 
 
 def test_kernel_breakdown_needs_a_trace(tmp_path):

@@ -35,8 +35,9 @@ def block_names(params: dict[str, Any]) -> list[str]:
 def block_grad_norms(model, config) -> Callable[[Any, dict[str, jax.Array]], dict[str, float]]:
   """`(state, batch) -> {block: ||dL/dtheta_block||}` in depth order, compiled once per model.
 
-  The loss is the mean cross-entropy on `batch` (no augmentation, no label smoothing, no weight
-  decay), in training mode (batch statistics).
+  The loss is the mean cross-entropy on `batch` as given (the probe: the first train batch, with
+  the crops and flips its input made once; nothing random added here), without label smoothing or
+  weight decay, in training mode (batch statistics).
   """
   from resnet_jax.data.device_ops import prepare_images
   from resnet_jax.train.steps import cross_entropy
@@ -52,7 +53,7 @@ def block_grad_norms(model, config) -> Callable[[Any, dict[str, jax.Array]], dic
       return jnp.mean(cross_entropy(logits, batch['label'], 0.0))
 
     grads = jax.grad(loss_fn)(params)
-    return {name: optax.global_norm(grads[name]) for name in block_names(grads)}
+    return {name: optax.tree.norm(grads[name]) for name in block_names(grads)}
 
   def measure_state(state, batch: dict[str, jax.Array]) -> dict[str, float]:
     out = norms(state.params, state.batch_stats, batch)   # a dict: keys come back sorted

@@ -36,7 +36,7 @@ def sharpness_aware_gradient(grad_fn, params, grads, rho: float):
 
   The loss, logits and BN statistics of the step stay those of the first pass at `params`.
   """
-  scale = rho / (optax.global_norm(grads) + 1e-12)
+  scale = rho / (optax.tree.norm(grads) + 1e-12)
   perturbed = jax.tree.map(lambda p, g: p + scale * g.astype(p.dtype), params, grads)
   _, sam_grads = grad_fn(perturbed)
   return sam_grads
