@@ -110,6 +110,27 @@ def test_grids_cover_the_paper():
       (f'{k}{d}', 'A') for k in ('plain', 'resnet') for d in (18, 34))
 
 
+def test_budget_sweep_spends_the_budget_on_depth_or_width():
+  from resnet_jax.models.summary import summarize, widest_within
+  assert widest_within('cifar_resnet20', 272_474) == 16     # the paper's ResNet-20: 0.27M
+  best = load_recipe('fashion_mnist:resnet20,best').to_dict()
+  points = sweep_points('budget_fashion_mnist.py')
+  assert [depth(c.model.name) for _, c in points] == [20, 32, 44, 56, 110]
+  for point, config in points:
+    options = dict(num_classes=10, in_channels=1, shortcut='A')
+    params = lambda w: summarize(config.model.name, width=w, **options)['params']
+    assert params(config.model.width) <= 1_700_000 < params(config.model.width + 1), point
+    other = config.to_dict()
+    other['model'].update(name=best['model']['name'], width=best['model']['width'])
+    assert other == best, point
+  trainer, train_input, _ = create_trainer(cheap(points[-1][1]))   # the deepest: its step traces
+  check_model_matches_point(trainer.abstract_state.params, points[-1][1])
+  _, metrics = jax.eval_shape(trainer.train_step, trainer.abstract_state, next(iter(train_input)))
+  assert metrics['loss'].shape == ()
+  with pytest.raises(ValueError, match='no argument'):
+    load_sweep(f'{ABLATIONS}/budget_fashion_mnist.py:cifar10')
+
+
 def test_bad_sweep_arguments_are_errors():
   with pytest.raises(ValueError, match='fashion_mnist'):
     load_sweep(f'{ABLATIONS}/degradation.py:imagenet')

@@ -7,6 +7,7 @@ Nothing is allocated: shapes come from `jax.eval_shape`, and MACs from recording
 """
 
 import argparse
+import functools
 import json
 import math
 from typing import Any, Mapping, Sequence
@@ -73,6 +74,22 @@ def summarize(name: str, **options) -> dict[str, Any]:
   variables, macs = trace(create_model(name, **options), shape, train=False)
   return {'name': name, 'input_shape': list(shape), 'params': count_params(variables),
           'macs': macs, 'gmacs': round(macs / 1e9, 4)}
+
+
+@functools.lru_cache
+def widest_within(name: str, budget: int, **options) -> int:
+  """The largest `width` at which `create_model(name, width=..., **options)` has at most `budget`
+  parameters (width: the first stage's channels of a CIFAR-family net)."""
+  params = lambda width: summarize(name, width=width, **options)['params']
+  if params(1) > budget:
+    raise ValueError(f'{name} has more than {budget:,} parameters at any width')
+  low, high = 1, 2
+  while params(high) <= budget:
+    low, high = high, 2 * high
+  while high - low > 1:   # params(low) <= budget < params(high)
+    middle = (low + high) // 2
+    low, high = (middle, high) if params(middle) <= budget else (low, middle)
+  return low
 
 
 def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
