@@ -1,20 +1,22 @@
 #!/usr/bin/env bash
 # The Fashion-MNIST runs of docs/results.md, on one GPU, in one call:
 #
-#   benchmarks/fashion_mnist_runs.sh OUT [DATA_DIR] [fast|best|degradation|shortcuts|tta ...]
+#   benchmarks/fashion_mnist_runs.sh OUT [DATA_DIR] [fast|best|degradation|shortcuts|budget|tta ...]
 #
 # fast: the fast variant (configs/fashion_mnist.py:resnet20,fast), one run at a time (each alone
 #   on the GPU, timed with /usr/bin/time): fast_eE[_overrides]_cold (see FAST_RUNS below)
 #   compiles into an empty JAX compilation cache and fast_eE[_overrides]_warm reruns it from
 #   that cache. ONLY_RUNS picks runs by name.
-# best, degradation, shortcuts: the accuracy runs and the two paper sweeps, $JOBS processes
-# sharing the GPU at once (timings of these are not reported).
+# best, degradation, shortcuts, budget: the accuracy runs, the two paper sweeps ($SWEEP_EPOCHS
+# epochs, default 30) and the depth-vs-width sweep at 1.7M parameters
+# (configs/ablations/budget_fashion_mnist.py, $BUDGET_EPOCHS, default the recipe's 120), $JOBS
+# processes sharing the GPU at once (timings of these are not reported).
 # tta: each best run's final checkpoint evaluated again with horizontal-flip test-time
 #   augmentation (--mode=eval, eval.protocol=ten_crop, which on 28x28 images without
 #   eval_resize averages each image and its mirror image).
 # Every run's log lands in OUT; `results.txt` lists final test accuracies.
 set -u
-out=${1:?usage: fashion_mnist_runs.sh OUT [DATA_DIR] [fast|best|degradation|shortcuts|tta ...]}
+out=${1:?usage: fashion_mnist_runs.sh OUT [DATA_DIR] [fast|best|degradation|shortcuts|budget|tta ...]}
 data=${2:-/usr/share/datasets/fashion-mnist}
 shift 2 || shift $#
 parts=${*:-fast best degradation shortcuts}
@@ -94,6 +96,9 @@ for part in $parts; do
       grep -E 'cifar_(plain|resnet)20' <<<"$points" >>"$jobs_file" ;;
     shortcuts)
       sweep_commands configs/ablations/shortcuts_cifar.py:fashion_mnist | grep -E 'shortcut=(B|C)' >>"$jobs_file" ;;
+    budget)   # the deepest points first: they take longest
+      SWEEP_EPOCHS=${BUDGET_EPOCHS:-120} sweep_commands configs/ablations/budget_fashion_mnist.py \
+        | tac >>"$jobs_file" ;;
     *) echo "unknown part $part" >&2; exit 2 ;;
   esac
 done
