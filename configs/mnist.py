@@ -4,9 +4,9 @@
         --config.data.data_dir=/path/to/mnist-idx
 
 The directory holds train-images-idx3-ubyte(.gz), train-labels-idx1-ubyte(.gz), t10k-*. A
-CIFAR-style ResNet-20 with one input channel and the Fashion-MNIST recipe for 15 epochs (`fast`
-and `best` keep their own), without horizontal flips (digits are not mirror-symmetric). Variant argument: another CIFAR-family model
-(`:resnet56`, `:plain20`, ...). With the tfds catalog instead:
+CIFAR-style ResNet-20 with one input channel and the Fashion-MNIST recipe for 15 epochs
+(`fast` and `best` keep their own), without horizontal flips (digits are not mirror-symmetric).
+Variant argument: another CIFAR-family model (`:resnet56`, `:plain20`, ...). With the tfds catalog instead:
 `--config.data.source=tfds --config.data.name=mnist`.
 """
 

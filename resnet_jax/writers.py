@@ -1,6 +1,6 @@
 """Metric writers: TensorBoard event files and `metrics.jsonl` in the run directory.
 
-    with MetricWriter(workdir, enabled=jax.process_index() == 0) as w:
+    with MetricWriter(workdir, enabled=jax.process_index() == 0, start_step=0) as w:
       w.write_config(config.to_dict())
       w.write_scalars(100, {'train/loss': 1.9, 'train/top1': 0.31, 'lr': 0.1}, epoch=0.25)
       w.write_image('plots/loss', 100, workdir / 'plots/loss.png')
@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from absl import logging
 
 METRICS_FILE = 'metrics.jsonl'
 _RESERVED = ('step', 'epoch', 'time')
@@ -54,8 +55,9 @@ def read_metrics(workdir: str | Path) -> list[dict[str, Any]]:
   return [record for _, record in _read_lines(path)]
 
 
-def _read_lines(path: Path) -> list[tuple[str, dict[str, Any]]]:
-  """(line, record) for each record of a metrics.jsonl; a torn last line is left out."""
+def _read_lines(path: Path, *, strict: bool = True) -> list[tuple[str, dict[str, Any]]]:
+  """(line, record) for each record of a metrics.jsonl; a torn last line is left out, and other
+  malformed lines raise (`strict`) or are left out with a warning."""
   lines = path.read_text().splitlines()
   out = []
   for number, line in enumerate(lines, 1):
@@ -68,16 +70,25 @@ def _read_lines(path: Path) -> list[tuple[str, dict[str, Any]]]:
     except ValueError as e:
       if number == len(lines):
         break   # torn last line of a crashed write
-      raise ValueError(f'{path}:{number}: malformed metrics line ({e})') from None
+      message = f'{path}:{number}: malformed metrics line ({e})'
+      if strict:
+        raise ValueError(message) from None
+      logging.warning('%s: dropped', message)
+      continue
     out.append((line, record))
   return out
 
 
 def _keep_until(path: Path, step: int) -> list[dict[str, Any]]:
-  """Rewrites metrics.jsonl without the records after `step` and without a torn last line;
-  returns all the records it had."""
-  lines = _read_lines(path)
-  kept = ''.join(line + '\n' for line, record in lines if record['step'] <= step)
+  """Rewrites metrics.jsonl with the records up to `step` of its latest history only (a record
+  whose step goes back supersedes the earlier ones from there on; malformed lines go); returns
+  all the records it had."""
+  lines = _read_lines(path, strict=False)
+  history: list[tuple[str, dict[str, Any]]] = []
+  for line, record in lines:
+    history = [(l, r) for l, r in history if r['step'] <= record['step']]
+    history.append((line, record))
+  kept = ''.join(line + '\n' for line, record in history if record['step'] <= step)
   if kept != path.read_text():
     partial = path.with_name(path.name + '.tmp')
     partial.write_text(kept)
@@ -150,7 +161,7 @@ class MetricWriter:
   checkpoint's). Events are written synchronously (no writer thread) and flushed with each call.
   """
 
-  def __init__(self, workdir: str | Path, *, enabled: bool, start_step: int = 0):
+  def __init__(self, workdir: str | Path, *, enabled: bool, start_step: int):
     self.workdir = Path(workdir)
     self.enabled = enabled
     self._events = None
@@ -162,7 +173,8 @@ class MetricWriter:
     earlier = _keep_until(path, start_step) if path.is_file() else []
     # The clock goes on from the last record, superseded ones included (their time was spent).
     self._time_offset = max((float(r.get('time', 0.0)) for r in earlier), default=0.0)
-    self._purge_step = start_step + 1 if earlier else None
+    # A run that starts over from step 0 writes its config (step 0) again: purge from there.
+    self._purge_step = (start_step + 1 if start_step else 0) if earlier else None
     self._t0 = time.monotonic()
     self._file = open(path, 'a', encoding='utf-8')
 

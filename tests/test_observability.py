@@ -2,6 +2,7 @@
 
 import io
 import json
+import logging
 import math
 import struct
 import subprocess
@@ -78,7 +79,7 @@ def fake_run(root: Path, name: str, *, steps: int = 40, eval_every: int = 10,
           'train_examples': 1280, 'eval_examples': 256, 'steps_per_epoch': 20, 'steps': steps}
   (workdir / 'config.json').write_text(json.dumps(config))
   (workdir / 'run_info.json').write_text(json.dumps(info))
-  with MetricWriter(workdir, enabled=True) as w:
+  with MetricWriter(workdir, enabled=True, start_step=0) as w:
     w.write_config(config)
     log_steps(w, range(1, steps + 1), eval_every=eval_every, seed=seed)
   if finished:
@@ -130,7 +131,7 @@ def test_metrics_jsonl_schema(tmp_path):
 
 
 def test_each_line_is_on_disk_before_close(tmp_path):
-  w = MetricWriter(tmp_path, enabled=True)
+  w = MetricWriter(tmp_path, enabled=True, start_step=0)
   w.write_scalars(1, {'train/loss': np.float32(2.0)}, epoch=0.1)
   assert read_metrics(tmp_path)[0]['train/loss'] == 2.0   # flushed, not closed
   assert 'train/loss' in scalars_by_tag(tmp_path)
@@ -139,7 +140,7 @@ def test_each_line_is_on_disk_before_close(tmp_path):
 
 def test_disabled_writer_writes_nothing(tmp_path):
   workdir = tmp_path / 'run'
-  with MetricWriter(workdir, enabled=False) as w:
+  with MetricWriter(workdir, enabled=False, start_step=0) as w:
     w.write_config({'a': 1})
     w.write_scalars(1, {'train/loss': 1.0})
     w.write_image('x', 1, np.zeros((4, 4, 3), np.uint8))
@@ -150,7 +151,7 @@ def test_disabled_writer_writes_nothing(tmp_path):
 def test_write_image_png_and_array(tmp_path):
   workdir = fake_run(tmp_path, 'run')
   [loss_png, _] = plots.write_plots(workdir)
-  with MetricWriter(workdir, enabled=True) as w:
+  with MetricWriter(workdir, enabled=True, start_step=40) as w:
     w.write_image('plots/loss', 40, loss_png)
     w.write_image('noise', 40, np.random.default_rng(0).random((8, 8)))
     with pytest.raises(ValueError, match='not a PNG'):
@@ -164,7 +165,7 @@ def test_write_image_png_and_array(tmp_path):
 
 
 def test_resume_supersedes_repeated_steps(tmp_path):
-  with MetricWriter(tmp_path, enabled=True) as w:
+  with MetricWriter(tmp_path, enabled=True, start_step=0) as w:
     log_steps(w, range(1, 31))                 # crashed after step 30 (eval at 30), checkpoint at 20
   with open(tmp_path / 'metrics.jsonl', 'a') as f:
     f.write('{"step": 31, "tr')                 # ... while writing a line
@@ -184,15 +185,27 @@ def test_resume_supersedes_repeated_steps(tmp_path):
 
 
 def test_a_restart_before_the_first_checkpoint_supersedes_everything(tmp_path):
-  with MetricWriter(tmp_path, enabled=True) as w:
+  with MetricWriter(tmp_path, enabled=True, start_step=0) as w:
     w.write_config({'a': 1})
     log_steps(w, range(1, 6))
-  with MetricWriter(tmp_path, enabled=True) as w:   # no checkpoint: from step 0 again
+  with MetricWriter(tmp_path, enabled=True, start_step=0) as w:   # no checkpoint: from step 0 again
     w.write_config({'a': 1})
     log_steps(w, range(1, 3), seed=1)
   assert [r['step'] for r in read_metrics(tmp_path)] == [1, 2]
   purge = [e for e in read_events(tmp_path) if e.HasField('session_log')]
-  assert [e.step for e in purge] == [1]
+  assert [e.step for e in purge] == [0]         # the old config (step 0) hidden too
+
+
+def test_resuming_repairs_a_file_that_older_code_damaged(tmp_path, caplog):
+  """Appending after a torn line and keeping repeated steps, as the writer once did."""
+  lines = ['{"step": 10, "time": 1}', '{"step": 20, "ti{"step": 20, "time": 2}',
+           '{"step": 30, "time": 3}', '{"step": 20, "time": 4}', '{"step": 30, "time": 5}',
+           '{"step": 40, "time": 6}']
+  (tmp_path / 'metrics.jsonl').write_text('\n'.join(lines) + '\n')
+  with caplog.at_level(logging.WARNING):
+    MetricWriter(tmp_path, enabled=True, start_step=30).close()
+  assert 'metrics.jsonl:2: malformed' in caplog.text
+  assert [(r['step'], r['time']) for r in read_metrics(tmp_path)] == [(10, 1), (20, 4), (30, 5)]
 
 
 def test_tensorboard_reads_the_event_files(tmp_path):
@@ -243,7 +256,7 @@ def test_write_plots_without_eval_or_metrics(tmp_path):
   for p in plots.write_plots(workdir):
     assert_png(p)
   empty = tmp_path / 'empty'
-  MetricWriter(empty, enabled=True).close()    # a run that has logged nothing yet
+  MetricWriter(empty, enabled=True, start_step=0).close()    # a run that has logged nothing yet
   assert plots.write_plots(empty) == []
 
 
@@ -378,7 +391,7 @@ def test_start_and_end_summaries():
 
 def test_loop_call_sequence(tmp_path, capsys):
   workdir, total = tmp_path / 'run', 6
-  writer = MetricWriter(workdir, enabled=True)
+  writer = MetricWriter(workdir, enabled=True, start_step=0)
   writer.write_config({'model': {'name': 'small_resnet'}, 'profile_steps': (0, 0)})
   print(progress.format_start_summary({'model': 'small_resnet', 'params': 1000}), flush=True)
   bar = progress.Progress(total, enabled=True, initial_step=0)
@@ -473,7 +486,7 @@ def test_writer_never_imports_torch_where_it_is_installed(tmp_path):
   script = (
       "import sys\n"
       "from resnet_jax.writers import MetricWriter\n"
-      f"w = MetricWriter({str(tmp_path / 'run')!r}, enabled=True)\n"
+      f"w = MetricWriter({str(tmp_path / 'run')!r}, enabled=True, start_step=0)\n"
       "w.write_config({'a': 1})\n"
       "w.write_scalars(1, {'train/loss': 0.5})\n"
       "w.write_image('x', 1, __import__('numpy').zeros((4, 4), 'uint8'))\n"

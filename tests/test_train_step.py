@@ -214,7 +214,7 @@ def test_sam_step_uses_the_gradient_at_the_perturbed_weights(devices):
                                     images, train=True, mutable=['batch_stats'])
     return jnp.mean(cross_entropy(logits, batch['label'], 0.0))
   g = jax.grad(loss)(before.params)
-  scale = 0.5 / optax.global_norm(g)
+  scale = 0.5 / optax.tree.norm(g)
   g_sam = jax.grad(loss)(jax.tree.map(lambda p, d: p + scale * d, before.params, g))
   assert_trees_close(after.params, jax.tree.map(lambda p, d: p - 0.1 / 8 * d, before.params, g_sam))
   assert float(metrics['loss']) == pytest.approx(float(loss(before.params)), rel=1e-5)

@@ -2,7 +2,9 @@
 
 Each example's augmentation is planned on its own (`LoadExample`: the record read, the crop
 planned on the image header), then each batch is decoded, resized and stacked at once
-(`LoadExample.collate`), so that a decoder that works on batches (nvJPEG) gets them. Train: shuffle (a new order every epoch), random augmentation (its randomness a function of the
+(`LoadExample.collate`), so that a decoder that works on batches (nvJPEG) gets them.
+
+Train: shuffle (a new order every epoch), random augmentation (its randomness a function of the
 seed and the example's position in the stream, so the batches do not depend on the number of
 workers), per-epoch batches with the remainder dropped, repeated forever. The pipeline is a
 `grain.MapDataset`, so resuming at step k is `dataset[k:]`. Eval: one pass, the last batch padded
@@ -179,6 +181,8 @@ def eval_steps(num_examples: int, batch_size: int, process_count: int) -> int:
 class EvalExamples(Protocol):
   """Makes eval examples (index -1: padding) and batches them: `LoadExample`, or
   `eval_protocols.ViewExamples`."""
+
+  records: Records
 
   def __call__(self, index: int) -> Any: ...
 

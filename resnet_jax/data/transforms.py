@@ -1,4 +1,4 @@
-"""Per-example augmentation on the host (PIL and numpy), for the grain pipeline. Output: uint8.
+"""Augmentation on the host (PIL and numpy), for the grain pipeline. Output: uint8.
 
 ImageNet-style crops are planned on the image header first (a `Crop`: a box in source pixels and
 the flips), then the image is decoded (a JPEG at a reduced scale where the box allows it; with
