@@ -1,5 +1,7 @@
 """torchvision -> resnet_jax conversion, on state dicts built from torchvision's layer shapes."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -55,6 +57,34 @@ def test_every_tensor_is_mapped_and_none_is_left_over(arch):
   np.testing.assert_array_equal(converted['params']['head']['kernel'], state_dict['fc.weight'].T)
   np.testing.assert_array_equal(converted['batch_stats']['stage2_block1']['shortcut']['bn']['var'],
                                 state_dict['layer2.0.downsample.1.running_var'])
+
+
+@pytest.mark.parametrize('arch', list(LAYERS))
+def test_every_value_lands_transposed_under_its_block_and_role(arch):
+  """Each torch tensor (random, so each is unique) is found exactly once among the converted
+  arrays, in Flax's layout, under the block it belongs to and with the matching role."""
+  rng = np.random.default_rng(1)
+  state_dict = {k: rng.standard_normal(s).astype(np.float32)
+                for k, s in torchvision_shapes(arch).items()}
+  converted = jax.tree_util.tree_flatten_with_path(convert_state_dict(state_dict))[0]
+  leaves = {tuple(k.key for k in path): np.asarray(leaf) for path, leaf in converted}
+  layout = {4: (2, 3, 1, 0), 2: (1, 0), 1: (0,)}   # OIHW -> HWIO; [out, in] -> [in, out]
+  found = []
+  for key, value in state_dict.items():
+    if key.endswith('num_batches_tracked'):
+      continue
+    expected = value.transpose(layout[value.ndim])
+    [path] = [p for p, leaf in leaves.items()
+              if leaf.shape == expected.shape and np.array_equal(leaf, expected)]
+    role = key.rsplit('.', 1)[1]
+    assert path[-1] == {'weight': 'kernel' if value.ndim > 1 else 'scale', 'bias': 'bias',
+                        'running_mean': 'mean', 'running_var': 'var'}[role], (key, path)
+    assert path[0] == ('batch_stats' if role.startswith('running') else 'params'), (key, path)
+    block = re.match(r'layer(\d)\.(\d+)\.', key)
+    if block:
+      assert path[1] == f'stage{block[1]}_block{int(block[2]) + 1}', (key, path)
+    found.append(path)
+  assert sorted(found) == sorted(leaves)   # every converted array comes from one tensor
 
 
 def test_a_missing_tensor_is_named():

@@ -185,10 +185,17 @@ def test_image_transform_outputs(augment):
   rng = np.random.default_rng(0)
   for image in (t.train(data, 'k', rng), t.eval(data, 'k')):
     assert image.shape == (16, 16, 3) and image.dtype == np.uint8 and image.flags.c_contiguous
-  if augment in ('cifar', 'none'):
+  if augment == 'none':
     return
-  flips = [t.train(data, 'k', np.random.default_rng(s)) for s in range(8)]
-  assert len({f.tobytes() for f in flips}) > 1
+  # The same crop as without flips (the flips are drawn after it), mirrored each way at random.
+  still = dataclasses.replace(t, hflip=False, vflip=False)
+  seen = set()
+  for seed in range(24):
+    image, plain = (x.train(data, 'k', np.random.default_rng(seed)) for x in (t, still))
+    views = {(h, v): plain[::-1 if v else 1, ::-1 if h else 1] for h in (0, 1) for v in (0, 1)}
+    [flips] = [k for k, view in views.items() if np.array_equal(image, view)]
+    seen.add(flips)
+  assert seen == set(views)
 
 
 def test_bad_augment_and_eval_resize_are_refused():
@@ -266,6 +273,11 @@ def test_nvimgcodec_decodes_the_crops_the_host_decoder_does(augment):
       assert crops[0].shape == (160, 160, 3)
       np.testing.assert_array_equal(crops[0], crops[1])
     np.testing.assert_array_equal(nv.eval(data, 'k'), host.eval(data, 'k'))
+    # ... and nvImageCodec decoded them, in one call (not the host decoder as a fallback).
+    planned = [nv.plan_train(data, 'k', np.random.default_rng(s)) for s in range(8)]
+    regions = nv.decode_regions([*planned, nv.plan_eval(data, 'k')])
+    assert all(r is not None for r in regions)
+    assert host.decode_regions(planned) == [None] * 8
 
 
 def test_nvimgcodec_leaves_other_images_and_bad_jpegs_to_the_host_decoder():
@@ -275,6 +287,7 @@ def test_nvimgcodec_leaves_other_images_and_bad_jpegs_to_the_host_decoder():
   np.testing.assert_array_equal(nv.eval(png, 'k'), dataclasses.replace(nv, decoder='host')
                                 .eval(png, 'k'))
   truncated = photo_jpeg()[:2000]
+  assert nv.decode_regions([nv.plan_eval(png, 'k'), nv.plan_eval(truncated, 'k')]) == [None] * 2
   with pytest.raises(BadImageError, match='cut.jpg'):
     nv.train(truncated, 'cut.jpg', np.random.default_rng(0))
 

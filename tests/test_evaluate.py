@@ -1,6 +1,7 @@
 """Eval protocols: view geometry, host and device views, and the metrics of a whole pass."""
 
 import json
+import types
 
 import jax
 import jax.numpy as jnp
@@ -201,3 +202,22 @@ def test_the_confusion_trace_is_the_top1_count_even_with_ties():
   confusion = np.asarray(eval_protocols.confusion_matrix(scores, labels, jnp.ones(3, bool)))
   assert confusion[0, 1] == 1 and confusion[1, 1] == 1 and confusion[2, 2] == 0
   assert np.trace(confusion) == float(jnp.sum(topk_correct(scores, labels, 1))) == 1
+
+
+def test_a_protocol_scores_the_mean_probability_over_all_its_views():
+  """Two views (two shapes: one program each) whose own top-1 disagree; the average decides."""
+  class ByBrightness:   # logits [b, -b] from each image's mean brightness b
+    def apply(self, variables, images, train):
+      b = jnp.mean(images, axis=(1, 2, 3))
+      return jnp.stack([b, -b], axis=-1) * variables['params']['scale']
+
+  config = base_config()
+  config.data.update(mean=(0.0,), std=(1.0,))
+  state = types.SimpleNamespace(ema_params=None, params={'scale': 4.0}, batch_stats={})
+  dark = np.zeros((1, 4, 4, 1), np.uint8)          # logits (0, 0): p = (0.5, 0.5)
+  bright = np.full((1, 6, 6, 1), 255, np.uint8)    # logits (4, -4): p ~ (1, 0)
+  batch = {'views': (dark, bright), 'label': jnp.array([1]), 'mask': jnp.array([True])}
+  metrics = eval_protocols.protocol_eval_step(state, batch, model=ByBrightness(), config=config)
+  p = (0.5 + 1 / (1 + np.exp(-8.0))) / 2            # the mean probability of class 0
+  np.testing.assert_allclose(float(metrics['loss']), -np.log(1 - p), rtol=1e-5)
+  assert float(metrics['top1']) == 0 and float(metrics['count']) == 1

@@ -387,38 +387,22 @@ def test_start_and_end_summaries():
   assert 'finished: ? steps' in progress.format_end_summary({})
 
 
-# the training loop's calls, as resnet_jax/train/loop.py makes them
+# what a run writes and prints
 
-def test_loop_call_sequence(tmp_path, capsys):
-  workdir, total = tmp_path / 'run', 6
-  writer = MetricWriter(workdir, enabled=True, start_step=0)
-  writer.write_config({'model': {'name': 'small_resnet'}, 'profile_steps': (0, 0)})
-  print(progress.format_start_summary({'model': 'small_resnet', 'params': 1000}), flush=True)
-  bar = progress.Progress(total, enabled=True, initial_step=0)
-  profiler = profiling.StepProfiler(workdir, (0, 0))
-  for step in range(1, total + 1):
-    profiler.before_step(step - 1)
-    profiler.after_step(step)
-    scalars = {'train/loss': 1.0 / step, 'train/top1': 0.1 * step, 'lr': 0.1,
-               'images_per_sec': 100.0, 'step_time_ms': 10.0}
-    writer.write_scalars(step, scalars, epoch=step / 3)
-    bar.update(step, scalars)
-    if step % 3 == 0:
-      metrics = {'eval/loss': 1.0, 'eval/top1': 0.5, 'eval/top5': 0.9}
-      writer.write_scalars(step, metrics, epoch=step / 3)
-      bar.write(f'step {step}: ' + ', '.join(f'{k} {v:.4f}' for k, v in metrics.items()))
-  profiler.close()
-  bar.close()
-  for path in plots.write_plots(workdir):
-    writer.write_image(f'plots/{Path(path).stem}', total, path)
-  print(progress.format_end_summary({'final': metrics, 'best': dict(metrics, step=3),
-                                     'steps': total, 'wall_time_s': 1.0, 'preempted': False}))
-  writer.close()
+def test_a_run_logs_plots_profiles_and_reports(tmp_path, capsys, devices):
+  workdir = tmp_path / 'run'
+  config = fake_config(num_steps=6, eval_every_steps=3, log_every_steps=1, profile_steps=(4, 5))
+  loop.train_and_evaluate(config, workdir)
   out = capsys.readouterr().out
-  assert 'step 1/6' in out and 'step 6/6' in out and 'step 3: eval/loss' in out
-  assert 'finished: 6 steps' in out
-  images = {v.tag for e in read_events(workdir) for v in e.summary.value if v.HasField('image')}
-  assert images == {'plots/loss', 'plots/accuracy'}
+  assert 'small_resnet' in out and 'parameters' in out            # the start summary
+  assert 'step 6/6' in out and 'step 3: eval/loss' in out         # progress, evals
+  assert 'finished: 6 steps' in out                               # the end summary
+  events = read_events(workdir)
+  tags = {v.tag for e in events for v in e.summary.value}
+  assert {'plots/loss', 'plots/accuracy', 'config/text_summary', '_hparams_/experiment',
+          'train/loss', 'eval/top1'} <= tags
+  assert sorted(scalars_by_tag(workdir)['train/loss']) == list(range(1, 7))
+  assert list((workdir / 'profile').glob('**/*.xplane.pb'))     # steps 4-5 traced
 
 
 # profiler

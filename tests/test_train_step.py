@@ -263,6 +263,16 @@ def test_warmup_then_cosine():
   assert float(schedule(110)) == pytest.approx(0.0, abs=1e-6)
 
 
+def test_warmup_then_linear_decay_to_zero():
+  c = tiny_config()
+  c.batch_size = c.optimizer.lr_batch_size = 512
+  c.optimizer.lr = 0.4
+  c.schedule.update(name='linear', unit='epochs', warmup=1, boundaries=())
+  schedule = optim.create_schedule(c, steps_per_epoch=10, total_steps=110)
+  assert [float(schedule(s)) for s in (0, 5)] == pytest.approx([0.0, 0.2])
+  assert [float(schedule(s)) for s in (10, 60, 110)] == pytest.approx([0.4, 0.2, 0.0], abs=1e-7)
+
+
 def test_paper_constant_warmup():
   c = tiny_config()
   c.batch_size = c.optimizer.lr_batch_size = 128
@@ -283,25 +293,28 @@ def test_unknown_schedule_is_refused():
     optim.create_schedule(c, 10, 100)
 
 
-@pytest.mark.parametrize('decoupled', [False, True])
-def test_sgd_weight_decay_matches_hand_computation(decoupled):
-  """Two steps of SGD momentum 0.9, lr 0.1, wd 0.01, checked against the formulas."""
+@pytest.mark.parametrize('decoupled,nesterov,clip', [(False, False, 0.0), (True, False, 0.0),
+                                                     (False, True, 0.0), (False, False, 0.2)])
+def test_sgd_weight_decay_matches_hand_computation(decoupled, nesterov, clip):
+  """Two steps of SGD momentum 0.9, lr 0.1, wd 0.01 (coupled or decoupled), plain or Nesterov,
+  with or without gradient clipping, checked against the formulas (torch.optim.SGD's)."""
   c = tiny_config()
   c.batch_size = c.optimizer.lr_batch_size = 256
-  c.optimizer.update(weight_decay=0.01, momentum=0.9, decoupled_weight_decay=decoupled)
+  c.optimizer.update(weight_decay=0.01, momentum=0.9, decoupled_weight_decay=decoupled,
+                     nesterov=nesterov, grad_clip_norm=clip)
   tx = optim.create_optimizer(c, optax.constant_schedule(0.1))
   p = {'w': np.array([[1.0, -2.0]])}
-  g = {'w': np.array([[0.5, 0.25]])}
+  g = {'w': np.array([[0.5, 0.25]])}   # norm 0.56: clipped to 0.2 where asked
   opt_state = tx.init(p)
   params, m = p['w'], 0.0
   for _ in range(2):
     updates, opt_state = tx.update(g, opt_state, {'w': params})
-    if decoupled:
-      m = 0.9 * m + g['w']
-      expected = params - 0.1 * (m + 0.01 * params)
-    else:
-      m = 0.9 * m + g['w'] + 0.01 * params
-      expected = params - 0.1 * m
+    grad = g['w'] * (min(1.0, clip / np.linalg.norm(g['w'])) if clip else 1.0)
+    if not decoupled:
+      grad = grad + 0.01 * params
+    m = 0.9 * m + grad
+    step = grad + 0.9 * m if nesterov else m
+    expected = params - 0.1 * (step + 0.01 * params if decoupled else step)
     params = params + updates['w']
     np.testing.assert_allclose(params, expected, rtol=1e-6)
 
