@@ -23,11 +23,19 @@ def rgb_image(w=40, h=30, seed=0) -> np.ndarray:
                                        ('RGBA', 'PNG'), ('LA', 'PNG'), ('RGB', 'JPEG'),
                                        ('RGB', 'BMP'), ('RGB', 'GIF'), ('RGB', 'TIFF')])
 def test_every_mode_decodes_to_rgb_and_grey(mode, fmt):
-  data = encode(Image.fromarray(rgb_image()).convert(mode), fmt)
+  source = Image.fromarray(rgb_image()).convert(mode)
+  data = encode(source, fmt)
   rgb = decode_array(data, 3, 'f')
   grey = decode_array(data, 1, 'f')
   assert rgb.shape == (30, 40, 3) and rgb.dtype == np.uint8
   assert grey.shape == (30, 40, 1) and grey.dtype == np.uint8
+  # The pixels: the source's own (lossless formats; GIF's palette and JPEG lose some), alpha
+  # dropped, grey as PIL's luma of them.
+  stored = source if fmt in ('PNG', 'BMP', 'TIFF') else Image.open(io.BytesIO(data))
+  expected = np.asarray(stored.convert('RGB')).astype(int)
+  assert np.abs(rgb.astype(int) - expected).max() <= 1
+  luma = np.asarray(Image.fromarray(expected.astype(np.uint8)).convert('L')).astype(int)
+  assert np.abs(grey[..., 0].astype(int) - luma).max() <= 1
 
 
 def test_palette_with_transparency_keeps_its_colours():
