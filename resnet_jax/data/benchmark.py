@@ -5,8 +5,9 @@
 
 Reads a prepared dataset (DIR with dataset.json), or an image folder ROOT/train/<class>/ that it
 prepares first, or (no --folder) N generated JPEGs of ImageNet-like size (500x375, quality 90).
-Measures (1) one core: the work of whole batches in this thread, no grain, and the time of each
-of its stages; (2) the grain pipeline with K worker processes producing uint8 batches
+Measures (1) one core: the work of whole batches in this thread, no grain, the time of each
+of its stages (with --decoder nvimgcodec also a whole batch's decoding in one call, the way the
+pipeline decodes); (2) the grain pipeline with K worker processes producing uint8 batches
 [B, 224, 224, 3], after warm-up batches. Prints a summary and one JSON line.
 """
 
@@ -14,6 +15,7 @@ import argparse
 import collections
 import io
 import json
+import math
 import os
 import platform
 import tempfile
@@ -95,6 +97,20 @@ def stage_times(load: grain_loader.LoadExample, num_examples: int) -> dict[str, 
   return {stage: seconds / num_examples * 1e3 for stage, seconds in totals.items()}
 
 
+def batch_decode_ms(load: grain_loader.LoadExample, batch_size: int, repeats: int = 3) -> float:
+  """Wall-clock ms per image of decoding one batch's crops in one `decode_regions` call (the
+  nvImageCodec decoder's unit of work; the best of `repeats`, after one untimed call)."""
+  rng = np.random.default_rng(1)
+  crops = [load(i % len(load.records), rng).image for i in range(batch_size)]
+  load.transform.decode_regions(crops)   # the decoder's set-up
+  best = math.inf
+  for _ in range(repeats):
+    start = time.perf_counter()
+    load.transform.decode_regions(crops)
+    best = min(best, time.perf_counter() - start)
+  return best / batch_size * 1e3
+
+
 def pipeline_rate(load: grain_loader.LoadExample, *, workers: int, batch_size: int, steps: int,
                   warmup: int) -> float:
   """Images/s of the grain train pipeline over `steps` batches after `warmup` batches.
@@ -136,6 +152,8 @@ def run(folder: str | None, *, generate: int, workers: int, batch_size: int, ste
     sizes = [Image.open(io.BytesIO(b)).size for b in sample]
     one_core = one_core_rate(load, min(len(split), 500), batch_size)
     stages = stage_times(load, min(len(split), 200))
+    if decoder == 'nvimgcodec':
+      stages['decode, one call per batch'] = batch_decode_ms(load, batch_size)
     rate = pipeline_rate(load, workers=workers, batch_size=batch_size, steps=steps,
                          warmup=warmup)
   return {
