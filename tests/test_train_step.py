@@ -465,6 +465,20 @@ def test_logged_step_time_leaves_out_evals_and_checkpoints(tmp_path, devices, mo
   assert times[6] < 1000, times   # the two steps after the eval at step 4, without its 2 s
 
 
+def test_a_log_averages_every_step_since_the_last_one_across_checkpoints(tmp_path, devices):
+  from resnet_jax.writers import read_metrics
+  losses = {}
+  for name, log_every in (('each', 1), ('every4', 4)):
+    train_and_evaluate(fake_config(num_steps=8, log_every_steps=log_every, eval_every_steps=3),
+                       tmp_path / name)
+    losses[name] = {r['step']: r['train/loss'] for r in read_metrics(tmp_path / name)
+                    if 'train/loss' in r}
+  assert sorted(losses['every4']) == [4, 8]
+  for step in (4, 8):   # the checkpoints at steps 3 and 6 fall inside these spans
+    span = [losses['each'][s] for s in range(step - 3, step + 1)]
+    assert losses['every4'][step] == pytest.approx(np.mean(span), rel=1e-5)
+
+
 def test_best_metric_must_be_one_that_evals_report(devices):
   mesh = parallel.create_mesh(8)
   config = tiny_config()

@@ -254,19 +254,22 @@ def run_info(trainer: Trainer, state: TrainState, train_input, eval_input) -> di
   }
 
 
-def _fetch_train_metrics(pending: list[tuple[int, dict]]) -> dict[str, float]:
-  """Averages the metrics of the pending steps; raises on the first non-finite loss."""
-  steps = [s for s, _ in pending]
-  host = jax.device_get([m for _, m in pending])
-  losses = np.array([m['loss'] for m in host])
-  bad = np.flatnonzero(~np.isfinite(losses))
-  if bad.size:
-    step = steps[bad[0]]
-    raise NonFiniteLossError(
-        f'loss is {losses[bad[0]]} at step {step}; stopped without saving: the latest checkpoint '
-        'in the workdir (its losses were all checked) is the last good state. Lower the learning '
-        'rate or check the data.')
-  return {'train/loss': float(losses.mean()),
+def _checked(pending: list[tuple[int, dict]]) -> list[tuple[int, dict]]:
+  """The pending steps' metrics fetched to the host; raises on the first non-finite loss."""
+  host = jax.device_get(pending)
+  for step, metrics in host:
+    if not np.isfinite(metrics['loss']):
+      raise NonFiniteLossError(
+          f'loss is {metrics["loss"]} at step {step}; stopped without saving: the latest '
+          'checkpoint in the workdir (its losses were all checked) is the last good state. '
+          'Lower the learning rate or check the data.')
+  return host
+
+
+def _train_scalars(pending: list[tuple[int, dict]]) -> dict[str, float]:
+  """The checked metrics of the steps since the last log, averaged (the last learning rate)."""
+  host = [m for _, m in _checked(pending)]
+  return {'train/loss': float(np.mean([m['loss'] for m in host])),
           'train/top1': float(np.mean([m['top1'] for m in host])),
           'lr': float(host[-1]['lr'])}
 
@@ -371,7 +374,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
       profiler.after_step(step, state)
       preempted = preemption.reached(step)
       if step % config.log_every_steps == 0 or step == total or preempted:
-        scalars = _fetch_train_metrics(pending)
+        scalars = _train_scalars(pending)
         now = time.perf_counter()
         dt = (now - last_log_time) / max(step - last_log_step, 1)
         scalars.update(images_per_sec=config.batch_size / dt, step_time_ms=1000 * dt)
@@ -389,9 +392,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
           best = dict(eval_metrics, step=step)
       if (preempted or evaluated
           or _is_boundary(step, config.checkpoint_every_steps, trainer.steps_per_epoch, total)):
-        if pending:   # never checkpoint a state whose losses were not checked
-          _fetch_train_metrics(pending)
-          pending = []
+        # Never checkpoint a state whose losses were not checked; the next log still averages them.
+        pending = _checked(pending)
         ckpt.save(step, state, train_input.get_state(), config,
                   eval_metrics if evaluated else None)
         # The next logged rate measures training steps only, not this eval and checkpoint.
