@@ -47,6 +47,11 @@ CASES = {
     'rn50_block_level_fusion': (
         RN50, '--xla_gpu_experimental_enable_fusion_block_level_rewriter=true', ''),
     'rn50_no_cmd_buffer': (RN50, '--xla_gpu_enable_command_buffer=', ''),
+    # GEMM choices for the 1x1 convs (13% of the step, docs/benchmarks.md): cuBLASLt, cuBLAS
+    # instead of Triton, and Triton's exhaustive tiling search. Not measured yet.
+    'rn50_cublaslt': (RN50, '--xla_gpu_enable_cublaslt=true', ''),
+    'rn50_no_triton_gemm': (RN50, '--xla_gpu_enable_triton_gemm=false', ''),
+    'rn50_exhaustive_tiling': (RN50, '--xla_gpu_exhaustive_tiling_search=true', ''),
     'c56_base': (C56 + ['--profile_dir={out}/prof_c56'], '', ''),
     'c56_no_nan_guard': (C56, '', 'no_nan_guard'),
     'c56_no_cmd_buffer': (C56, '--xla_gpu_enable_command_buffer=', ''),
