@@ -11,9 +11,10 @@
 # epochs, default 30) and the depth-vs-width sweep at 1.7M parameters
 # (configs/ablations/budget_fashion_mnist.py, $BUDGET_EPOCHS, default the recipe's 120), $JOBS
 # processes sharing the GPU at once (timings of these are not reported).
-# tta: each best run's final checkpoint evaluated again with horizontal-flip test-time
-#   augmentation (--mode=eval, eval.protocol=ten_crop, which on 28x28 images without
-#   eval_resize averages each image and its mirror image).
+# tta: each best run's final checkpoint evaluated again with test-time augmentation
+#   (--mode=eval): eval.protocol=ten_crop, which on 28x28 images without eval_resize averages
+#   each image and its mirror image, and padded_ten_crop (the image and four copies shifted by
+#   data.pad pixels, as training's pad-crop, and their mirror images).
 # Every run's log lands in OUT; `results.txt` lists final test accuracies.
 set -u
 out=${1:?usage: fashion_mnist_runs.sh OUT [DATA_DIR] [fast|best|degradation|shortcuts|budget|tta ...]}
@@ -114,8 +115,11 @@ if [ -s "$jobs_file" ]; then   # several runs share the GPU; each keeps a small 
 fi
 if [ "$tta" = 1 ]; then
   for spec in $best_models; do
-    "${main[@]/fashion_mnist.py/fashion_mnist.py:${spec%%:*},best}" --mode=eval \
-      --config.eval.protocol=ten_crop $(best_args "$spec") >"$out/tta_${spec//[:,=]/_}.log" 2>&1
+    for protocol in ten_crop padded_ten_crop; do
+      "${main[@]/fashion_mnist.py/fashion_mnist.py:${spec%%:*},best}" --mode=eval \
+        --config.eval.protocol=$protocol $(best_args "$spec") \
+        >"$out/tta_${protocol}_${spec//[:,=]/_}.log" 2>&1
+    done
   done
 fi
 for summary in "$out"/*/summary.json "$out"/*/*/summary.json; do

@@ -112,7 +112,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.profile_steps = (0, 0)    # (first, last) step of a JAX profiler trace; (0, 0) = off
 
   c.eval = ml_collections.ConfigDict(dict(   # --mode=eval; training evals are centre crops
-      protocol='center_crop',  # 'center_crop' | 'ten_crop' | 'multi_scale'
+      protocol='center_crop',  # 'center_crop' | 'ten_crop' | 'padded_ten_crop' | 'multi_scale'
       scales=(224, 256, 384, 480, 640),
       checkpoint='latest',     # 'latest' | 'best'
   ))

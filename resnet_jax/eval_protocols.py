@@ -3,6 +3,10 @@
     center_crop  the training eval: shorter side to data.eval_resize, the centre image_size crop
     ten_crop     the paper's 10-crop testing: the same resize, the four corner crops and the centre
                  crop, and their horizontal flips where training flips (data.hflip)
+    padded_ten_crop  10-crop testing for CIFAR-style training (pad, random crop): the eval crop
+                 and the four crops shifted by data.pad pixels diagonally from it, zero-padded
+                 where they leave the image (as training pads), and their horizontal flips
+                 where training flips
     multi_scale  the paper's fully-convolutional testing: for each s in eval.scales, the shorter
                  side resized to s and the central s x s square fed whole (the network ends in
                  global average pooling, so any size works)
@@ -19,7 +23,8 @@ from the decoded image, each view resampled once from the source pixels, exactly
 is. Fake and device-resident data are already image_size squares on the device; the views are cut
 from that square there with the same geometry (on Fashion-MNIST, whose eval crop is the whole
 28x28 image, the five crops coincide and `ten_crop` averages the image and its mirror image;
-`multi_scale` resizes it to each scale, e.g. `--config.eval.scales='(28, 32, 40)'`).
+`multi_scale` resizes it to each scale, e.g. `--config.eval.scales='(28, 32, 40)'`; there
+`padded_ten_crop` gives five distinct crops).
 `center_crop` is the training eval input unchanged. The corners are those of the resized
 rectangle (as torchvision's TenCrop), not of its central square as in AlexNet's 10-crop.
 """
@@ -35,6 +40,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 from jax.sharding import Mesh
+from PIL import ImageOps
 
 from resnet_jax import parallel
 from resnet_jax.data import grain_loader
@@ -48,7 +54,7 @@ from resnet_jax.data.transforms import Box, center_crop_box, crop_resize
 from resnet_jax.train.state import TrainState, eval_variables
 from resnet_jax.train.steps import topk_correct
 
-PROTOCOLS = ('center_crop', 'ten_crop', 'multi_scale')
+PROTOCOLS = ('center_crop', 'ten_crop', 'padded_ten_crop', 'multi_scale')
 View = tuple[Box, int, bool]   # (box in source pixels, output side, horizontal flip)
 
 
@@ -60,6 +66,7 @@ class Protocol:
   resize: int
   scales: tuple[int, ...]
   flip: bool = True   # ten_crop's mirrored views (data.hflip: only where training flips)
+  pad: int = 0        # padded_ten_crop's shift (data.pad)
 
   def __post_init__(self):
     if self.protocol not in PROTOCOLS:
@@ -67,11 +74,15 @@ class Protocol:
     if self.protocol == 'multi_scale' and (not self.scales or min(self.scales) < 1):
       raise ValueError(f'eval.scales must be positive image sides for multi_scale, got '
                        f'{self.scales}')
+    if self.protocol == 'padded_ten_crop' and self.pad < 1:
+      raise ValueError(f'eval.protocol padded_ten_crop shifts its crops by data.pad pixels; '
+                       f'data.pad is {self.pad}')
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> 'Protocol':
     return cls(config.eval.protocol, config.data.image_size, config.data.eval_resize,
-               tuple(int(s) for s in config.eval.scales), flip=config.data.hflip)
+               tuple(int(s) for s in config.eval.scales), flip=config.data.hflip,
+               pad=config.data.pad)
 
   def views(self, width: float, height: float) -> list[View]:
     """The views of a width x height image."""
@@ -83,7 +94,11 @@ class Protocol:
     if self.protocol == 'center_crop':
       return [((left, upper, right, lower), self.size, False)]
     w, h = right - left, lower - upper
-    corners = [(0, 0), (width - w, 0), (0, height - h), (width - w, height - h), (left, upper)]
+    if self.protocol == 'padded_ten_crop':
+      corners = [(left + dx, upper + dy) for dy in (-self.pad, self.pad)
+                 for dx in (-self.pad, self.pad)] + [(left, upper)]
+    else:
+      corners = [(0, 0), (width - w, 0), (0, height - h), (width - w, height - h), (left, upper)]
     return [((x, y, x + w, y + h), self.size, flip)
             for flip in ((False, True) if self.flip else (False,)) for x, y in corners]
 
@@ -96,7 +111,7 @@ def host_views(protocol: Protocol, data: bytes | np.ndarray, key: str,
   """The views of one encoded image (or array) as uint8 [side, side, channels] arrays.
 
   Decoded once (a JPEG at the smallest draft scale that every view allows), each view resampled
-  once from the decoded pixels.
+  once from the decoded pixels (zero-padded where a view leaves the image).
   """
   header = open_image(data, key)
   width, height = header.size
@@ -104,8 +119,16 @@ def host_views(protocol: Protocol, data: bytes | np.ndarray, key: str,
                         for b, side, _ in protocol.views(width, height)))
   pixels = load_pixels(header, channels, key,
                        draft_size=(math.ceil(width / shrink), math.ceil(height / shrink)))
+  views = protocol.views(*pixels.size)
+  # Boxes that leave the image (padded_ten_crop) read zeros there, as training's padding.
+  border = math.ceil(max(0, *(max(-b[0], -b[1], b[2] - pixels.width, b[3] - pixels.height)
+                              for b, _, _ in views)))
+  if border:
+    pixels = ImageOps.expand(pixels, border, fill=0)
+    views = [((b[0] + border, b[1] + border, b[2] + border, b[3] + border), side, flip)
+             for b, side, flip in views]
   return tuple(crop_resize(pixels, box, side, channels, key, (flip, False))
-               for box, side, flip in protocol.views(*pixels.size))
+               for box, side, flip in views)
 
 
 def device_views(images: jax.Array, protocol: Protocol) -> tuple[jax.Array, ...]:

@@ -1,7 +1,8 @@
 """`--mode=eval`: evaluates the latest or best checkpoint of a workdir with `config.eval.protocol`.
 
-Writes `eval_<checkpoint>_<step>.json` (loss, top-1, top-5, per-class accuracy, confusion matrix
-counts) and `plots/confusion_<checkpoint>_<step>.png` into the workdir. Protocols: see
+Writes `eval_<protocol>_<checkpoint>_<step>.json` (loss, top-1, top-5, per-class accuracy,
+confusion matrix counts) and `plots/confusion_<protocol>_<checkpoint>_<step>.png` into the
+workdir, so that the protocols' results of one checkpoint stand side by side. Protocols: see
 `resnet_jax.eval_protocols`.
 """
 
@@ -43,9 +44,10 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str | Path) -> 
                  checkpoint=which, protocol=config.eval.protocol)
   if config.eval.protocol == 'multi_scale':
     results['scales'] = list(config.eval.scales)
-  write_json(workdir / f'eval_{which}_{step}.json', results)
+  name = f'{config.eval.protocol}_{which}_{step}'
+  write_json(workdir / f'eval_{name}.json', results)
   if jax.process_index() == 0:
-    plots.save(confusion_figure(results), workdir / 'plots' / f'confusion_{which}_{step}.png')
+    plots.save(confusion_figure(results), workdir / 'plots' / f'confusion_{name}.png')
   print(', '.join(f'{k}: {results[k]}' for k in ('protocol', 'checkpoint', 'step', 'num_examples',
                                                   'eval/loss', 'eval/top1', 'eval/top5')),
         flush=True)

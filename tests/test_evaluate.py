@@ -25,7 +25,7 @@ CLASSES = {'cat': 5, 'dog': 3, 'fox': 4}
 
 
 def test_unknown_protocol_names_the_valid_ones():
-  with pytest.raises(ValueError, match='five_crop.*center_crop, ten_crop, multi_scale'):
+  with pytest.raises(ValueError, match='five_crop.*center_crop, ten_crop, padded_ten_crop, multi_scale'):
     Protocol('five_crop', 16, 18, ())
 
 
@@ -71,6 +71,24 @@ def test_device_views_cut_exact_crops_and_flips():
   up = eval_protocols.device_views(images, Protocol('multi_scale', 8, 0, (16, 32)))
   np.testing.assert_array_equal(np.asarray(up[0]), x)
   assert up[1].shape == (2, 32, 32, 1) and up[1].dtype == jnp.uint8
+
+
+def test_padded_ten_crop_shifts_by_the_training_pad_on_host_and_device():
+  protocol = Protocol('padded_ten_crop', 12, 0, (), pad=3)
+  boxes = [box for box, _, _ in protocol.views(12, 12)]
+  assert boxes[:5] == [(-3, -3, 9, 9), (3, -3, 15, 9), (-3, 3, 9, 15), (3, 3, 15, 15),
+                       (0, 0, 12, 12)] == boxes[5:]
+  image = np.random.default_rng(0).integers(1, 256, (12, 12, 3), dtype=np.uint8)
+  padded = np.pad(image, ((3, 3), (3, 3), (0, 0)))   # zeros, as training's pad-crop
+  expected = [padded[3 + int(y):15 + int(y), 3 + int(x):15 + int(x)] for x, y, _, _ in boxes[:5]]
+  expected += [e[:, ::-1] for e in expected]
+  on_device = eval_protocols.device_views(jnp.asarray(image[None]), protocol)
+  on_host = eval_protocols.host_views(protocol, encode(Image.fromarray(image), 'PNG'), 'x', 3)
+  for device_view, host_view, e in zip(on_device, on_host, expected, strict=True):
+    np.testing.assert_array_equal(np.asarray(device_view)[0], e)
+    np.testing.assert_array_equal(host_view, e)
+  with pytest.raises(ValueError, match='data.pad'):
+    Protocol('padded_ten_crop', 12, 0, (), pad=0)
 
 
 @pytest.fixture(scope='module')
@@ -132,7 +150,7 @@ def test_protocols_equal_the_centre_crop_when_the_model_ignores_the_input(source
                        augment='none', device_resident=True)
   config.eval.scales = (12, 20)
   results = {}
-  for protocol in ('center_crop', 'ten_crop', 'multi_scale'):
+  for protocol in eval_protocols.PROTOCOLS:
     config.eval.protocol = protocol
     results[protocol] = protocol_results(config)
   centre = results['center_crop']
@@ -143,7 +161,7 @@ def test_protocols_equal_the_centre_crop_when_the_model_ignores_the_input(source
   last = len(counts) - 1   # every example is predicted as the last class
   assert np.array(centre['confusion_matrix'])[:, last].sum() == n
   assert centre['eval/top1'] == pytest.approx(counts[last] / n)
-  for other in (results['ten_crop'], results['multi_scale']):
+  for other in (results[p] for p in eval_protocols.PROTOCOLS if p != 'center_crop'):
     assert other.keys() == centre.keys()
     assert other['confusion_matrix'] == centre['confusion_matrix']
     for key in ('eval/loss', 'eval/top1', 'eval/top5'):
@@ -159,7 +177,7 @@ def test_eval_mode_writes_metrics_per_class_and_the_confusion_png(folder_dataset
   ckpt.wait()
   ckpt.close()
   results = evaluate_workdir(config, tmp_path)
-  saved = json.loads((tmp_path / 'eval_latest_1.json').read_text())
+  saved = json.loads((tmp_path / 'eval_ten_crop_latest_1.json').read_text())
   assert saved['protocol'] == 'ten_crop' and saved['step'] == 1
   assert saved['eval/top1'] == pytest.approx(results['eval/top1'])
   n = saved['num_examples']
@@ -173,8 +191,12 @@ def test_eval_mode_writes_metrics_per_class_and_the_confusion_png(folder_dataset
   weighted = sum(c['top1'] * c['count'] for c in per_class) / n
   assert weighted == pytest.approx(saved['eval/top1'])
   assert np.trace(confusion) / n == pytest.approx(saved['eval/top1'])
-  png = tmp_path / 'plots' / 'confusion_latest_1.png'
+  png = tmp_path / 'plots' / 'confusion_ten_crop_latest_1.png'
   assert png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+  config.eval.protocol = 'center_crop'   # another protocol's results stand beside these
+  evaluate_workdir(config, tmp_path)
+  assert sorted(p.name for p in tmp_path.glob('eval_*.json')) == [
+      'eval_center_crop_latest_1.json', 'eval_ten_crop_latest_1.json']
 
 
 def test_ten_crop_mirrors_only_where_training_flips():
