@@ -4,9 +4,9 @@
     ten_crop     the paper's 10-crop testing: the same resize, the four corner crops and the centre
                  crop, and their horizontal flips where training flips (data.hflip)
     padded_ten_crop  10-crop testing for CIFAR-style training (pad, random crop): the eval crop
-                 and the four crops shifted by data.pad pixels diagonally from it, zero-padded
-                 where they leave the image (as training pads), and their horizontal flips
-                 where training flips
+                 and the four crops shifted diagonally from it by data.pad pixels (of the
+                 network's input), zero-padded where they leave the image (as training pads),
+                 and their horizontal flips where training flips
     multi_scale  the paper's fully-convolutional testing: for each s in eval.scales, the shorter
                  side resized to s and the central s x s square fed whole (the network ends in
                  global average pooling, so any size works)
@@ -94,9 +94,9 @@ class Protocol:
     if self.protocol == 'center_crop':
       return [((left, upper, right, lower), self.size, False)]
     w, h = right - left, lower - upper
-    if self.protocol == 'padded_ten_crop':
-      corners = [(left + dx, upper + dy) for dy in (-self.pad, self.pad)
-                 for dx in (-self.pad, self.pad)] + [(left, upper)]
+    if self.protocol == 'padded_ten_crop':   # shifts of data.pad pixels of the network's input
+      sx, sy = self.pad * w / self.size, self.pad * h / self.size
+      corners = [(left + dx, upper + dy) for dy in (-sy, sy) for dx in (-sx, sx)] + [(left, upper)]
     else:
       corners = [(0, 0), (width - w, 0), (0, height - h), (width - w, height - h), (left, upper)]
     return [((x, y, x + w, y + h), self.size, flip)

@@ -89,6 +89,12 @@ def test_padded_ten_crop_shifts_by_the_training_pad_on_host_and_device():
     np.testing.assert_array_equal(host_view, e)
   with pytest.raises(ValueError, match='data.pad'):
     Protocol('padded_ten_crop', 12, 0, (), pad=0)
+  # Where the eval crop is resized, the shift is in the network's pixels: 3 of its 12, which
+  # are 18 source pixels here (shorter side 24 -> 16), so 4.5 source pixels.
+  resized = Protocol('padded_ten_crop', 12, 16, (), pad=3).views(32, 24)
+  assert [box for box, _, _ in resized[:5]] == [
+      (2.5, -1.5, 20.5, 16.5), (11.5, -1.5, 29.5, 16.5), (2.5, 7.5, 20.5, 25.5),
+      (11.5, 7.5, 29.5, 25.5), (7, 3, 25, 21)]
 
 
 @pytest.fixture(scope='module')
