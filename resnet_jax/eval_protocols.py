@@ -40,7 +40,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 from jax.sharding import Mesh
-from PIL import ImageOps
+from PIL import Image, ImageOps
 
 from resnet_jax import parallel
 from resnet_jax.data import grain_loader
@@ -80,6 +80,10 @@ class Protocol:
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> 'Protocol':
+    if config.eval.protocol == 'padded_ten_crop' and config.data.augment != 'cifar':
+      raise ValueError(f"eval.protocol padded_ten_crop shifts crops as training's pad-crop does "
+                       f"(data.augment='cifar'); this config trains with data.augment="
+                       f"{config.data.augment!r}")
     return cls(config.eval.protocol, config.data.image_size, config.data.eval_resize,
                tuple(int(s) for s in config.eval.scales), flip=config.data.hflip,
                pad=config.data.pad)
@@ -119,16 +123,19 @@ def host_views(protocol: Protocol, data: bytes | np.ndarray, key: str,
                         for b, side, _ in protocol.views(width, height)))
   pixels = load_pixels(header, channels, key,
                        draft_size=(math.ceil(width / shrink), math.ceil(height / shrink)))
-  views = protocol.views(*pixels.size)
-  # Boxes that leave the image (padded_ten_crop) read zeros there, as training's padding.
-  border = math.ceil(max(0, *(max(-b[0], -b[1], b[2] - pixels.width, b[3] - pixels.height)
-                              for b, _, _ in views)))
+  return tuple(_view(pixels, box, side, flip, channels, key)
+               for box, side, flip in protocol.views(*pixels.size))
+
+
+def _view(pixels: Image.Image, box: Box, side: int, flip: bool, channels: int,
+          key: str) -> np.ndarray:
+  """One view; a box that leaves the image (padded_ten_crop) reads zeros there, as training's
+  padding does (only such boxes: the others resample at the image's edges as the eval crop)."""
+  border = math.ceil(max(0, -box[0], -box[1], box[2] - pixels.width, box[3] - pixels.height))
   if border:
     pixels = ImageOps.expand(pixels, border, fill=0)
-    views = [((b[0] + border, b[1] + border, b[2] + border, b[3] + border), side, flip)
-             for b, side, flip in views]
-  return tuple(crop_resize(pixels, box, side, channels, key, (flip, False))
-               for box, side, flip in views)
+    box = (box[0] + border, box[1] + border, box[2] + border, box[3] + border)
+  return crop_resize(pixels, box, side, channels, key, (flip, False))
 
 
 def device_views(images: jax.Array, protocol: Protocol) -> tuple[jax.Array, ...]:

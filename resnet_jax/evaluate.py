@@ -44,6 +44,8 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str | Path) -> 
                  checkpoint=which, protocol=config.eval.protocol)
   if config.eval.protocol == 'multi_scale':
     results['scales'] = list(config.eval.scales)
+  if config.eval.protocol == 'padded_ten_crop':
+    results['pad'] = config.data.pad
   name = f'{config.eval.protocol}_{which}_{step}'
   write_json(workdir / f'eval_{name}.json', results)
   if jax.process_index() == 0:

@@ -137,15 +137,20 @@ def test_corrupt_checkpoint_is_reported(tmp_path, devices):
     train_and_evaluate(fake_config(num_steps=4), tmp_path)
 
 
-def test_nan_loss_stops_naming_the_step_and_keeps_the_good_checkpoint(tmp_path, devices):
+@pytest.mark.parametrize('periods', [dict(log_every_steps=5),   # caught at a log
+                                     dict(log_every_steps=10, eval_every_steps=1,
+                                          checkpoint_every_steps=1)])   # at an eval, a save
+def test_nan_loss_stops_naming_the_step_and_keeps_the_good_checkpoint(tmp_path, devices,
+                                                                      periods):
   train_and_evaluate(fake_config(num_steps=2), tmp_path)
-  diverging = fake_config(num_steps=50, log_every_steps=5)
+  diverging = fake_config(num_steps=50, **periods)
   diverging.data.std = (0.0,)   # infinite inputs from the next step on
   with pytest.raises(FloatingPointError, match='at step 3'):
     train_and_evaluate(diverging, tmp_path)
   ckpt = Checkpointer(tmp_path)
   assert ckpt.latest_step() == 2
   ckpt.close()
+  assert max(r['step'] for r in read_metrics(tmp_path)) == 2   # nothing logged from the NaN state
 
 
 # --- Whole processes: kill -9 and SIGTERM -------------------------------------------------------

@@ -80,9 +80,14 @@ def test_every_value_lands_transposed_under_its_block_and_role(arch):
     assert path[-1] == {'weight': 'kernel' if value.ndim > 1 else 'scale', 'bias': 'bias',
                         'running_mean': 'mean', 'running_var': 'var'}[role], (key, path)
     assert path[0] == ('batch_stats' if role.startswith('running') else 'params'), (key, path)
-    block = re.match(r'layer(\d)\.(\d+)\.', key)
-    if block:
-      assert path[1] == f'stage{block[1]}_block{int(block[2]) + 1}', (key, path)
+    block = re.fullmatch(r'layer(\d)\.(\d+)\.(.+)\.\w+', key)
+    if block:   # e.g. layer2.0.bn3.weight -> stage2_block1/bn3; downsample.1 -> shortcut/bn
+      module = (f'stage{block[1]}_block{int(block[2]) + 1}',
+                *{'downsample.0': ('shortcut', 'conv'),
+                  'downsample.1': ('shortcut', 'bn')}.get(block[3], (block[3],)))
+    else:
+      module = {'conv1': ('stem_conv',), 'bn1': ('stem_bn',), 'fc': ('head',)}[key.split('.')[0]]
+    assert path[1:-1] == module, (key, path)
     found.append(path)
   assert sorted(found) == sorted(leaves)   # every converted array comes from one tensor
 

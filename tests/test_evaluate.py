@@ -25,7 +25,8 @@ CLASSES = {'cat': 5, 'dog': 3, 'fox': 4}
 
 
 def test_unknown_protocol_names_the_valid_ones():
-  with pytest.raises(ValueError, match='five_crop.*center_crop, ten_crop, padded_ten_crop, multi_scale'):
+  with pytest.raises(ValueError,
+                     match='five_crop.*center_crop, ten_crop, padded_ten_crop, multi_scale'):
     Protocol('five_crop', 16, 18, ())
 
 
@@ -89,6 +90,14 @@ def test_padded_ten_crop_shifts_by_the_training_pad_on_host_and_device():
     np.testing.assert_array_equal(host_view, e)
   with pytest.raises(ValueError, match='data.pad'):
     Protocol('padded_ten_crop', 12, 0, (), pad=0)
+  config = base_config()
+  config.eval.protocol, config.data.augment = 'padded_ten_crop', 'inception_crop'
+  with pytest.raises(ValueError, match="data.augment='cifar'"):
+    Protocol.from_config(config)
+  # A smaller image, resampled up: the centre view is the eval crop, its edges not darkened.
+  small = encode(Image.fromarray(image), 'PNG')
+  upscaled = eval_protocols.host_views(Protocol('padded_ten_crop', 20, 0, (), pad=3), small, 'x', 3)
+  np.testing.assert_array_equal(upscaled[4], ImageTransform('none', 20, 3).eval(small, 'x'))
   # Where the eval crop is resized, the shift is in the network's pixels: 3 of its 12, which
   # are 18 source pixels here (shorter side 24 -> 16), so 4.5 source pixels.
   resized = Protocol('padded_ten_crop', 12, 16, (), pad=3).views(32, 24)
@@ -156,8 +165,10 @@ def test_protocols_equal_the_centre_crop_when_the_model_ignores_the_input(source
                        augment='none', device_resident=True)
   config.eval.scales = (12, 20)
   results = {}
+  trained_with = config.data.augment
   for protocol in eval_protocols.PROTOCOLS:
     config.eval.protocol = protocol
+    config.data.augment = 'cifar' if protocol == 'padded_ten_crop' else trained_with
     results[protocol] = protocol_results(config)
   centre = results['center_crop']
   n = centre['num_examples']

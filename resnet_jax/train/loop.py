@@ -381,19 +381,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         last_log_time, last_log_step, pending = now, step, []
         writer.write_scalars(step, scalars, epoch=step / trainer.steps_per_epoch)
         progress.update(step, scalars, epoch=step / trainer.steps_per_epoch)
-      evaluated = False
-      if _is_boundary(step, config.eval_every_steps, trainer.steps_per_epoch, total):
-        state = ema_statistics.recomputed(state)
-        eval_metrics = trainer.evaluate(state, eval_input)
-        evaluated = True
-        writer.write_scalars(step, eval_metrics, epoch=step / trainer.steps_per_epoch)
-        progress.write(f'step {step}: ' + ', '.join(f'{k} {v:.4f}' for k, v in eval_metrics.items()))
-        if not best or is_better(eval_metrics, best, config.best_metric):
-          best = dict(eval_metrics, step=step)
+      evaluated = _is_boundary(step, config.eval_every_steps, trainer.steps_per_epoch, total)
       if (preempted or evaluated
           or _is_boundary(step, config.checkpoint_every_steps, trainer.steps_per_epoch, total)):
-        # Never checkpoint a state whose losses were not checked; the next log still averages them.
+        # Never evaluate or checkpoint a state whose losses were not checked; the next log still
+        # averages them.
         pending = _checked(pending)
+        if evaluated:
+          state = ema_statistics.recomputed(state)
+          eval_metrics = trainer.evaluate(state, eval_input)
+          writer.write_scalars(step, eval_metrics, epoch=step / trainer.steps_per_epoch)
+          progress.write(f'step {step}: '
+                         + ', '.join(f'{k} {v:.4f}' for k, v in eval_metrics.items()))
+          if not best or is_better(eval_metrics, best, config.best_metric):
+            best = dict(eval_metrics, step=step)
         ckpt.save(step, state, train_input.get_state(), config,
                   eval_metrics if evaluated else None)
         # The next logged rate measures training steps only, not this eval and checkpoint.
