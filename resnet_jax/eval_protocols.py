@@ -65,7 +65,7 @@ class Protocol:
   size: int
   resize: int
   scales: tuple[int, ...]
-  flip: bool = True   # ten_crop's mirrored views (data.hflip: only where training flips)
+  flip: bool = True   # the mirrored views: only where training flips (data.hflip, augmenting)
   pad: int = 0        # padded_ten_crop's shift (data.pad)
 
   def __post_init__(self):
@@ -85,7 +85,8 @@ class Protocol:
                        f"(data.augment='cifar'); this config trains with data.augment="
                        f"{config.data.augment!r}")
     return cls(config.eval.protocol, config.data.image_size, config.data.eval_resize,
-               tuple(int(s) for s in config.eval.scales), flip=config.data.hflip,
+               tuple(int(s) for s in config.eval.scales),
+               flip=config.data.hflip and config.data.augment != 'none',
                pad=config.data.pad)
 
   def views(self, width: float, height: float) -> list[View]:

@@ -220,6 +220,12 @@ def test_ten_crop_mirrors_only_where_training_flips():
   views = Protocol('ten_crop', 16, 18, (), flip=False).views(40, 30)
   assert len(views) == 5 and not any(flip for _, _, flip in views)
   config = base_config()
+  config.eval.protocol = 'ten_crop'
+  for augment, hflip, flips in (('inception_crop', True, True), ('inception_crop', False, False),
+                                ('none', True, False)):   # 'none': training never flips
+    config.data.update(augment=augment, hflip=hflip)
+    assert Protocol.from_config(config).flip == flips, (augment, hflip)
+  config = base_config()
   config.data.update(hflip=False, image_size=16, eval_resize=18)
   config.eval.protocol = 'ten_crop'
   assert Protocol.from_config(config).views(40, 30) == views

@@ -97,3 +97,19 @@ def test_big_nets_compute_in_bfloat16_with_float32_params_and_logits(name):
   assert {v['__call__'][0].dtype for v in blocks.values()} == {jnp.dtype(jnp.bfloat16)}
   last = blocks[max(blocks, key=lambda k: tuple(map(int, k[5:].split('_block'))))]
   assert last['__call__'][0].shape[1:3] == ((7, 7) if name != 'cifar_resnet110' else (8, 8))
+
+
+def test_bn_momentum_and_epsilon_reach_every_batch_norm():
+  from flax import linen as nn
+  from resnet_jax.models.layers import BatchNorm
+  model, variables, x = initialised('cifar_resnet20', bn_momentum=0.5, bn_epsilon=0.25)
+  seen = []
+
+  def record(next_fun, args, kwargs, context):
+    if isinstance(context.module, BatchNorm):
+      seen.append((context.module.momentum, context.module.epsilon))
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(record):
+    model.apply(variables, x, train=True, mutable=['batch_stats'])
+  assert len(seen) == 19 and set(seen) == {(0.5, 0.25)}   # ResNet-20: 19 convs, each with a BN
