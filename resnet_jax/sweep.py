@@ -93,7 +93,6 @@ def config_changes(workdir: Path, config: ml_collections.ConfigDict) -> list[str
           if saved.get(k) != new.get(k)]
 
 
-
 def command_for(spec: str, workdir: Path, overrides: dict[str, Any]) -> str:
   args = ['python', '-m', 'resnet_jax.main', f'--config={spec}', f'--workdir={workdir}']
   args += [f'--config.{k}={v}' for k, v in overrides.items()]

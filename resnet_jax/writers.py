@@ -52,13 +52,15 @@ def read_metrics(workdir: str | Path) -> list[dict[str, Any]]:
     raise FileNotFoundError(f'{workdir}: no such directory')
   if not path.is_file():
     raise FileNotFoundError(f'{workdir} is not a run directory: it has no {METRICS_FILE}')
-  return [record for _, record in _read_lines(path)]
+  return [record for _, record in _read_lines(path, path.read_text())]
 
 
-def _read_lines(path: Path, *, strict: bool = True) -> list[tuple[str, dict[str, Any]]]:
-  """(line, record) for each record of a metrics.jsonl; a torn last line is left out, and other
-  malformed lines raise (`strict`) or are left out with a warning."""
-  lines = path.read_text().splitlines()
+def _read_lines(path: Path, text: str, *,
+                strict: bool = True) -> list[tuple[str, dict[str, Any]]]:
+  """(line, record) for each record of `text`, the content of the metrics.jsonl at `path`; a torn
+  last line is left out, and other malformed lines raise (`strict`) or are left out with a
+  warning."""
+  lines = text.splitlines()
   out = []
   for number, line in enumerate(lines, 1):
     if not line.strip():
@@ -83,13 +85,14 @@ def _keep_until(path: Path, step: int) -> list[dict[str, Any]]:
   """Rewrites metrics.jsonl with the records up to `step` of its latest history only (a record
   whose step goes back supersedes the earlier ones from there on; malformed lines go); returns
   all the records it had."""
-  lines = _read_lines(path, strict=False)
+  text = path.read_text()
+  lines = _read_lines(path, text, strict=False)
   history: list[tuple[str, dict[str, Any]]] = []
   for line, record in lines:
     history = [(l, r) for l, r in history if r['step'] <= record['step']]
     history.append((line, record))
   kept = ''.join(line + '\n' for line, record in history if record['step'] <= step)
-  if kept != path.read_text():
+  if kept != text:
     partial = path.with_name(path.name + '.tmp')
     partial.write_text(kept)
     os.replace(partial, path)
