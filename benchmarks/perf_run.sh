@@ -8,9 +8,13 @@
 # levers:   benchmarks/levers.py for the cases in $LEVERS (one process each; rn50_base profiles)
 # pipeline: 2,048 generated 500x375 q90 JPEGs prepared as a folder dataset; the data benchmark
 #           with $WORKERS grain workers (crops $AUGMENTS, JPEG decoding $DECODES: fast and exact
-#           IDCT and upsampling on the host, or nvimgcodec: data.decoder='nvimgcodec', which
-#           needs the [nvimgcodec] wheels); ResNet-50 of configs/image_folder.py (random-resized
-#           crops) on synthetic data and fed by that pipeline (data.decoder $PIPELINE_DECODERS)
+#           IDCT and upsampling on the host, or nvimgcodec[:BACKENDS]: data.decoder='nvimgcodec'
+#           with data.nvimgcodec_backends BACKENDS, e.g. nvimgcodec:cuda,cpu; needs the
+#           [nvimgcodec] wheels); ResNet-50 of configs/image_folder.py (random-resized crops) on
+#           synthetic data and fed by that pipeline ($PIPELINE_DECODERS: host or nvimgcodec[:...])
+#
+# Every command of the pipeline part is stopped after $CMD_TIMEOUT seconds (default 240), so that
+# one that hangs (a GPU decoder in 16 worker processes) leaves time for the others.
 #
 # Each part writes WORK/<part>.txt and WORK/<part>/ (WORK defaults to /tmp/perf_run); after each
 # part, OUT/results.tgz is rewritten with all of WORK but the profiler traces and the images.
@@ -42,23 +46,31 @@ for part in $parts; do
 generate_jpegs(Path('$work/jpegs'), ${NUM_JPEGS:-2048})"
         python3 -m resnet_jax.data.prepare --image-folder "$work/jpegs" --out "$data"
       fi
+      limit=(timeout -k 10 "${CMD_TIMEOUT:-240}")
       {
         for w in ${WORKERS:-15}; do
           for augment in ${AUGMENTS:-inception_crop imagenet_scale}; do
             for decode in ${DECODES:-fast exact}; do
-              python3 -m resnet_jax.data.benchmark --folder "$data" --workers "$w" --batch-size 256 \
-                --warmup $((3 * w)) --steps 60 --augment "$augment" \
-                $([ "$decode" = fast ] && echo --fast-decode) \
-                $([ "$decode" = nvimgcodec ] && echo --decoder=nvimgcodec)
+              case $decode in
+                fast) flags=(--fast-decode) ;;
+                exact) flags=() ;;
+                nvimgcodec) flags=(--decoder=nvimgcodec) ;;
+                nvimgcodec:*) flags=(--decoder=nvimgcodec --nvimgcodec-backends="${decode#*:}") ;;
+                *) echo "unknown decoding $decode" >&2; exit 2 ;;
+              esac
+              "${limit[@]}" python3 -m resnet_jax.data.benchmark --folder "$data" --workers "$w" \
+                --batch-size 256 --warmup $((3 * w)) --steps 60 --augment "$augment" "${flags[@]}"
             done
           done
         done
-        rn50=(python3 -m resnet_jax.benchmark --config=configs/image_folder.py:resnet50
+        rn50=("${limit[@]}" python3 -m resnet_jax.benchmark --config=configs/image_folder.py:resnet50
               --config.data.data_dir="$data" --config.batch_size=256 --config.dtype=bfloat16)
         "${rn50[@]}" --num_classes=10 --steps 20 --windows 5
         for w in ${WORKERS:-15}; do   # buffers hold ~3 batches a worker: ~47 of the 500 steps
           for decoder in ${PIPELINE_DECODERS:-host}; do
-            "${rn50[@]}" --config.data.num_workers="$w" --config.data.decoder="$decoder" \
+            flags=(--config.data.decoder="${decoder%%:*}")
+            [ "$decoder" != "${decoder#*:}" ] && flags+=(--config.data.nvimgcodec_backends="${decoder#*:}")
+            "${rn50[@]}" --config.data.num_workers="$w" "${flags[@]}" \
               --pipeline --steps 40 --windows 5 --warmup "${PIPELINE_WARMUP:-300}"
           done
         done

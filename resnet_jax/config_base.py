@@ -5,7 +5,10 @@ field that is not in it, misspelt in a config file (`c.optimizer.weight_decy = 5
 command line (`--config.optimizer.lrr=0.1`), is an error, not a silently ignored setting.
 """
 
+from typing import Any, Mapping
+
 import ml_collections
+from absl import logging
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -47,6 +50,8 @@ def base_config() -> ml_collections.ConfigDict:
       decoder='host',         # JPEG decoding: 'host' (libjpeg-turbo on this process's cores) or
                               # 'nvimgcodec' (the crop's region only, on the GPU through nvJPEG;
                               # extra [nvimgcodec]; on the CPU where no GPU is visible)
+      nvimgcodec_backends='hw,cuda,cpu',  # nvImageCodec's decoders, in order: hardware JPEG
+                              # engines (with CUDA sharing each batch), CUDA kernels, the CPU
       mean=(0.5,),            # per-channel, on the [0, 1] scale; () = plain [0, 1] rescaling
       std=(0.5,),
       pca_lighting=0.0,       # AlexNet colour lighting strength (0.1 in the paper); RGB only
@@ -117,6 +122,26 @@ def base_config() -> ml_collections.ConfigDict:
       checkpoint='latest',     # 'latest' | 'best'
   ))
   c.lock()
+  return c
+
+
+def saved_config(values: Mapping[str, Any]) -> ml_collections.ConfigDict:
+  """A run's saved `config.json` on this version's schema: fields added since get their defaults
+  and fields since removed are ignored (logged), so that an older run can still be evaluated
+  and predicted with."""
+  c = base_config()
+
+  def merge(into: ml_collections.ConfigDict, saved: Mapping[str, Any], path: str) -> None:
+    for key, value in saved.items():
+      if key not in into:
+        logging.warning('saved config field %s%s is not in this version\'s schema: ignored',
+                        path, key)
+      elif isinstance(into[key], ml_collections.ConfigDict):
+        merge(into[key], value, f'{path}{key}.')
+      else:
+        into[key] = tuple(value) if isinstance(into[key], tuple) else value
+
+  merge(c, values, '')
   return c
 
 

@@ -36,6 +36,7 @@ import numpy as np
 from absl import logging
 
 from resnet_jax import parallel
+from resnet_jax.config_base import saved_config
 from resnet_jax.checkpoint import CHECKPOINT_DIR, Checkpointer
 from resnet_jax.data import folder_format
 from resnet_jax.data.decode import BadImageError
@@ -103,7 +104,7 @@ class Predictor:
                               'directory')
     if not (workdir / CHECKPOINT_DIR).is_dir():
       raise FileNotFoundError(f'{workdir / CHECKPOINT_DIR} not found: the run has no checkpoint')
-    self.config = config = ml_collections.ConfigDict(json.loads(config_file.read_text()))
+    self.config = config = saved_config(json.loads(config_file.read_text()))
     ckpt = Checkpointer(workdir, keep=config.keep_checkpoints,
                         keep_best=config.keep_best_checkpoints, best_metric=config.best_metric)
     self.step = ckpt.chosen_step(checkpoint)

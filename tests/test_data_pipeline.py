@@ -12,11 +12,11 @@ from jax.sharding import PartitionSpec as P
 from PIL import Image
 
 from resnet_jax import parallel
-from resnet_jax.data import create_input, folder_format, grain_loader, prepare
+from resnet_jax.data import create, create_input, folder_format, grain_loader, prepare
 from resnet_jax.data.decode import BadImageError
 from resnet_jax.data.device_resident import pad_crop_flip
 from resnet_jax.data.transforms import ImageTransform
-from tests.helpers import fake_config, write_idx, write_idx_dataset
+from tests.helpers import fake_config, mark_worker, write_idx, write_idx_dataset
 from tests.data_builders import (decode_index, encode, folder_config, index_split, mock_tfds,
                                  write_image_folder, write_tiny_tfds)
 
@@ -225,6 +225,24 @@ def test_nvimgcodec_workers_give_the_host_decoders_batches(folder, devices):
   nv = take(create_input(c, mesh, train=True), 2), list(create_input(c, mesh, train=False))
   for ours, theirs in zip(nv, host):
     assert_same(ours, theirs)
+
+
+def test_each_worker_runs_its_init_and_nvimgcodec_workers_get_the_gpus(tmp_path, devices):
+  """`host_batches(worker_init=...)` runs in every grain worker before it works (how
+  data.decoder='nvimgcodec' deals the workers out over the GPUs; none on this CPU mesh)."""
+  import functools
+  import grain
+  ds = grain.MapDataset.range(16).batch(2)
+  it = grain_loader.host_batches(ds, num_workers=2, worker_init=functools.partial(
+      mark_worker, directory=str(tmp_path)))
+  try:
+    assert [next(it).tolist() for _ in range(3)] == [[0, 1], [2, 3], [4, 5]]
+  finally:
+    it.close()
+  assert sorted(f.name for f in tmp_path.iterdir()) == ['0_of_2', '1_of_2']
+  mesh = parallel.create_mesh()
+  assert create.decoding_gpus(mesh, 'host') is None
+  assert create.decoding_gpus(mesh, 'nvimgcodec').keywords == {'gpus': ()}
 
 
 def write_prepared(directory, images: list[tuple[str, bytes]]):

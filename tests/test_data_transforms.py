@@ -2,6 +2,7 @@
 
 import dataclasses
 import io
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +11,7 @@ import pytest
 from PIL import Image, ImageFilter
 
 from resnet_jax.config_base import base_config
-from resnet_jax.data import device_ops, transforms
+from resnet_jax.data import device_ops, nvimgcodec_decode, transforms
 from resnet_jax.data.decode import BadImageError, decode_array, load_pixels, open_image
 from tests.data_builders import encode
 
@@ -306,3 +307,31 @@ def test_decoder_options_are_checked():
   with pytest.raises(ValueError, match='data.fast_decode'):
     transforms.ImageTransform(augment='inception_crop', size=16, channels=3, fast_decode=True,
                               decoder='nvimgcodec')
+  for bad, named in (('hw,nvdec', 'unknown nvdec'), (' , ', 'empty')):
+    with pytest.raises(ValueError, match=f'data.nvimgcodec_backends=.*{named}'):
+      transforms.ImageTransform(augment='inception_crop', size=16, channels=3,
+                                decoder='nvimgcodec', nvimgcodec_backends=bad)
+  assert nvimgcodec_decode.parse_backends(' cuda, cpu ') == ('cuda', 'cpu')
+
+
+def test_nvimgcodec_backends_narrow_the_decoders(monkeypatch):
+  """data.nvimgcodec_backends: 'cpu' decodes on the CPU; a list without 'cpu' on a machine with
+  no usable GPU (this one) is an error that says so, not a silent host fallback."""
+  monkeypatch.setattr(nvimgcodec_decode, '_local', threading.local())   # fresh decoders
+  nv = transforms.ImageTransform(augment='inception_crop', size=32, channels=3,
+                                 decoder='nvimgcodec', nvimgcodec_backends='cpu')
+  planned = nv.plan_eval(photo_jpeg(), 'k')
+  assert nv.decode_regions([planned])[0] is not None
+  if any(d.platform == 'gpu' for d in jax.devices()):
+    pytest.skip('a GPU is visible: the GPU-only list would decode')
+  with pytest.raises(RuntimeError, match='no usable GPU.*hw,cuda'):
+    dataclasses.replace(nv, nvimgcodec_backends='hw,cuda').decode_regions([planned])
+
+
+def test_grain_workers_are_dealt_out_over_the_gpus(monkeypatch):
+  monkeypatch.setattr(nvimgcodec_decode, '_gpu', None)
+  for index, expected in ((0, 4), (1, 6), (2, 4), (5, 6)):
+    nvimgcodec_decode.use_gpu(index, 8, gpus=(4, 6))
+    assert nvimgcodec_decode._gpu == expected
+  nvimgcodec_decode.use_gpu(3, 8, gpus=())
+  assert nvimgcodec_decode._gpu is None

@@ -90,3 +90,24 @@ def test_a_photo_larger_than_the_crop_is_seen_whole_where_eval_does_not_resize()
   whole = ImageTransform('none', 16, 3, eval_resize=16).eval(buffers[1], 'b')   # 48 -> 16
   np.testing.assert_array_equal(ours.eval(buffers[1], 'b'), whole)
   assert not np.array_equal(evals.eval(buffers[1], 'b'), whole)   # eval: the central patch
+
+
+def test_a_run_saved_by_another_version_still_predicts(run, tmp_path, caplog):
+  """config.json of a run from before a field was added (here data.nvimgcodec_backends) or
+  after one was removed: the added field takes its default, the removed one is logged."""
+  import logging
+  import shutil
+  workdir, images = run
+  old = tmp_path / 'old_run'
+  shutil.copytree(workdir, old)
+  saved = json.loads((old / 'config.json').read_text())
+  del saved['data']['nvimgcodec_backends']
+  saved['data']['retired_option'] = 3
+  (old / 'config.json').write_text(json.dumps(saved))
+  with caplog.at_level(logging.WARNING):
+    predictor = predict.Predictor(old)
+  assert predictor.config.data.nvimgcodec_backends == base_config().data.nvimgcodec_backends
+  assert predictor.config.data.scale_range == tuple(saved['data']['scale_range'])
+  assert 'data.retired_option' in caplog.text
+  files = predict.find_images([images / 'good'])
+  assert len(list(predict.predict(predictor, files, top_k=1, good_class='good'))) == CLASSES['good']

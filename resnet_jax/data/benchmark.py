@@ -27,7 +27,7 @@ import numpy as np
 import PIL
 from PIL import Image
 
-from resnet_jax.data import folder_format, grain_loader
+from resnet_jax.data import folder_format, grain_loader, nvimgcodec_decode
 from resnet_jax.data.decode import open_image
 from resnet_jax.data.folder_source import load_folder_split
 from resnet_jax.data.prepare import prepare
@@ -138,7 +138,8 @@ def pipeline_rate(load: grain_loader.LoadExample, *, workers: int, batch_size: i
 
 def run(folder: str | None, *, generate: int, workers: int, batch_size: int, steps: int,
         warmup: int, augment: str, image_size: int, fast_decode: bool = False,
-        decoder: str = 'host') -> dict:
+        decoder: str = 'host',
+        nvimgcodec_backends: str = ','.join(nvimgcodec_decode.BACKENDS)) -> dict:
   with tempfile.TemporaryDirectory() as tmp:
     if folder and (Path(folder) / folder_format.METADATA_FILE).is_file():
       prepared = Path(folder)
@@ -148,7 +149,8 @@ def run(folder: str | None, *, generate: int, workers: int, batch_size: int, ste
       prepare(root, prepared, val_fraction=0.0, workers=os.cpu_count() or 1)
     split = load_folder_split('train', str(prepared))
     transform = ImageTransform(augment=augment, size=image_size, channels=3,
-                               fast_decode=fast_decode, decoder=decoder)
+                               fast_decode=fast_decode, decoder=decoder,
+                               nvimgcodec_backends=nvimgcodec_backends)
     load = grain_loader.LoadExample(split.records, transform, train=True, skip_bad_images=False)
     sample = [split.records[i]['image'] for i in range(min(len(split), 200))]
     sizes = [Image.open(io.BytesIO(b)).size for b in sample]
@@ -166,6 +168,7 @@ def run(folder: str | None, *, generate: int, workers: int, batch_size: int, ste
       'batch_decoded': per_batch[1] if per_batch else None,
       'workers': workers, 'batch_size': batch_size, 'steps': steps, 'warmup': warmup,
       'augment': augment, 'fast_decode': fast_decode, 'decoder': decoder,
+      'nvimgcodec_backends': nvimgcodec_backends if decoder == 'nvimgcodec' else None,
       'image_size': image_size, 'num_images': len(split),
       'mean_source_size': [round(float(np.mean([s[0] for s in sizes]))),
                            round(float(np.mean([s[1] for s in sizes])))],
@@ -193,14 +196,18 @@ def main(argv: list[str] | None = None) -> None:
   p.add_argument('--fast-decode', action='store_true',
                  help="libjpeg-turbo's fast IDCT and upsampling (data.fast_decode=True)")
   p.add_argument('--decoder', default='host', choices=DECODERS, help='data.decoder')
+  p.add_argument('--nvimgcodec-backends', default=','.join(nvimgcodec_decode.BACKENDS),
+                 help="data.nvimgcodec_backends, e.g. 'cuda,cpu' (no hardware JPEG engines)")
   args = p.parse_args(argv)
   round_size = max(args.workers, 1)
   warmup = args.warmup if args.warmup is not None else -(-3 // round_size) * round_size
   r = run(args.folder, generate=args.generate, workers=args.workers, batch_size=args.batch_size,
           steps=args.steps, warmup=warmup, augment=args.augment, image_size=args.image_size,
-          fast_decode=args.fast_decode, decoder=args.decoder)
+          fast_decode=args.fast_decode, decoder=args.decoder,
+          nvimgcodec_backends=args.nvimgcodec_backends)
   stages = ', '.join(f'{name} {ms:.3f}' for name, ms in r['stage_ms'].items())
-  decode = f"{r['decoder']}, {'fast' if r['fast_decode'] else 'exact'}"
+  decode = (f"nvimgcodec {r['nvimgcodec_backends']}" if r['decoder'] == 'nvimgcodec' else
+            f"host, {'fast' if r['fast_decode'] else 'exact'}")
   lines = [f"{r['augment']} ({decode} decode) -> uint8 {r['image_size']}x{r['image_size']}, "
            f"batch {r['batch_size']}, {r['num_images']} JPEGs of about "
            f"{r['mean_source_size'][0]}x{r['mean_source_size'][1]} ({r['mean_file_kb']:.0f} KiB)",

@@ -17,6 +17,16 @@ from resnet_jax.data.splits import DatasetInfo, Split
 from resnet_jax.data.transforms import ImageTransform
 
 
+def decoding_gpus(mesh: Mesh, decoder: str):
+  """The grain workers' init for data.decoder='nvimgcodec': deal them out over this process's
+  GPUs in the mesh (none on other platforms: nvImageCodec's current device)."""
+  if decoder != 'nvimgcodec':
+    return None
+  from resnet_jax.data import nvimgcodec_decode
+  gpus = tuple(dev.local_hardware_id for dev in mesh.local_devices if dev.platform == 'gpu')
+  return functools.partial(nvimgcodec_decode.use_gpu, gpus=gpus)
+
+
 def grain_input(split: Split, d: ml_collections.ConfigDict, mesh: Mesh, *, train: bool,
                 batch_size: int, seed: int, process_index: int, process_count: int) -> Input:
   """Batches decoded and augmented by grain on the host, each process reading its own share."""
@@ -31,7 +41,8 @@ def grain_input(split: Split, d: ml_collections.ConfigDict, mesh: Mesh, *, train
                             process_count=process_count)
 
   def placed(ds, start: int) -> Iterator[Batch]:
-    host = grain_loader.host_batches(ds, start=start, num_workers=d.num_workers)
+    host = grain_loader.host_batches(ds, start=start, num_workers=d.num_workers,
+                                     worker_init=decoding_gpus(mesh, d.decoder))
     try:
       yield from map(place, host)
     finally:

@@ -13,7 +13,7 @@ with `mask=False` examples.
 
 import dataclasses
 import math
-from typing import Any, Iterator, Protocol, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import grain
 import numpy as np
@@ -200,9 +200,10 @@ def eval_dataset(load: EvalExamples, *, batch_size: int, process_index: int,
                                                                    batch_fn=load.collate)
 
 
-def host_batches(ds: grain.MapDataset, *, start: int = 0,
-                 num_workers: int = 0) -> Iterator[HostBatch]:
-  """Batches `start`, `start + 1`, ... of `ds`, built in `num_workers` processes (0: here)."""
+def host_batches(ds: grain.MapDataset, *, start: int = 0, num_workers: int = 0,
+                 worker_init: Callable[[int, int], None] | None = None) -> Iterator[HostBatch]:
+  """Batches `start`, `start + 1`, ... of `ds`, built in `num_workers` processes (0: here);
+  each worker process first calls `worker_init(worker_index, num_workers)`."""
   it = ds[start:].to_iter_dataset(grain.ReadOptions(num_threads=READ_THREADS,
                                                     prefetch_buffer_size=READ_THREADS))
   if num_workers:
@@ -211,5 +212,6 @@ def host_batches(ds: grain.MapDataset, *, start: int = 0,
       # (google/grain issue 1355); the flags' defaults are what we want then.
       flags.FLAGS.mark_as_parsed()
     it = it.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=num_workers, per_worker_buffer_size=WORKER_BUFFER_BATCHES))
+        num_workers=num_workers, per_worker_buffer_size=WORKER_BUFFER_BATCHES),
+        worker_init_fn=worker_init)
   return iter(it)

@@ -1,15 +1,16 @@
 """JPEG crops decoded by NVIDIA's nvImageCodec (`data.decoder='nvimgcodec'`): only the region
 a crop needs, on the GPU where one is visible (nvJPEG: the hardware JPEG engines of A100/H100-class
-GPUs, else CUDA kernels), else on the CPU (libjpeg-turbo: the host decoder's pixels wherever
-that one decodes at full scale). Each process uses the first GPU it sees.
+GPUs, sharing each batch with CUDA kernels), else on the CPU (libjpeg-turbo: the host decoder's
+pixels wherever that one decodes at full scale). `data.nvimgcodec_backends` narrows the chain
+(e.g. 'cuda,cpu': no hardware engines), for measuring each.
 
 On the GPU the host's cores are left with reading records, resizing and batching, which is what
 the ImageNet-style pipeline needs to keep pace with a ResNet-50 step (docs/benchmarks.md: JPEG
 decoding is about 70% of its host work per image). Each process (each grain worker) makes its
-own decoder, on its first batch, and decodes each batch's crops in one call.
+own decoder, on its first batch, and decodes each batch's crops in one call; grain workers are
+dealt out over the trainer's GPUs (`use_gpu`), the trainer itself decodes on its current one.
 
-Install: `pip install -e ".[nvimgcodec]"` (nvidia-nvimgcodec-cu13 and nvidia-nvjpeg).
-"""
+Install: `pip install -e ".[nvimgcodec]"` (nvidia-nvimgcodec-cu13 and nvidia-nvjpeg)."""
 
 import os
 import threading
@@ -19,27 +20,63 @@ import numpy as np
 from absl import logging
 
 Region = tuple[int, int, int, int]   # (left, upper, right, lower), integer pixels
-_local = threading.local()   # a decoder per thread
+BACKENDS = ('hw', 'cuda', 'cpu')   # data.nvimgcodec_backends: the names, in nvImageCodec's order
+# Share of each batch for the hardware engines when CUDA decodes too: DALI's default for
+# H100-class GPUs (both busy at once; not measured here).
+HW_LOAD = 0.9
+# nvJPEG's CUDA decoder does the Huffman decoding on the host for images under 1M pixels (most
+# photos), which would put it back on the cores the GPU decoding is to spare: on the GPU for all.
+OPTIONS = 'nvjpeg_cuda_decoder:hybrid_huffman_threshold=0'
+_local = threading.local()   # decoders per thread, by backends
+_gpu: int | None = None      # this process's GPU (`use_gpu`); None: the current device
 
 
-def _make_decoder():
+def parse_backends(spec: str) -> tuple[str, ...]:
+  """'hw,cuda,cpu' -> ('hw', 'cuda', 'cpu'); a clear error for an unknown or empty list."""
+  names = tuple(n.strip() for n in spec.split(',') if n.strip())
+  unknown = [n for n in names if n not in BACKENDS]
+  if unknown or not names:
+    raise ValueError(f'data.nvimgcodec_backends={spec!r}: '
+                     f'{"unknown " + ", ".join(unknown) if unknown else "empty"}; '
+                     f'a comma-separated subset of {",".join(BACKENDS)}')
+  return names
+
+
+def use_gpu(worker_index: int, worker_count: int, *, gpus: Sequence[int]) -> None:
+  """grain's `worker_init_fn`: worker i decodes on `gpus[i % len(gpus)]`, so that the workers
+  of a multi-GPU process share out its GPUs' JPEG engines and memory (one CUDA context each)
+  instead of all crowding the first."""
+  del worker_count
+  global _gpu
+  _gpu = gpus[worker_index % len(gpus)] if gpus else None
+
+
+def _make_decoder(backends: tuple[str, ...]):
   os.environ.setdefault('PYNVIMGCODEC_VERBOSITY', '0')   # failures are handled by the caller
   try:
     from nvidia import nvimgcodec
   except ImportError as e:
     raise ImportError("data.decoder='nvimgcodec' needs NVIDIA's nvImageCodec: "
                       'pip install -e ".[nvimgcodec]" (nvidia-nvimgcodec-cu13, nvidia-nvjpeg)') from e
-  kinds = nvimgcodec.BackendKind
-  try:
-    decoder = nvimgcodec.Decoder(max_num_cpu_threads=1, backends=[
-        nvimgcodec.Backend(kinds.HW_GPU_ONLY), nvimgcodec.Backend(kinds.GPU_ONLY),
-        nvimgcodec.Backend(kinds.CPU_ONLY)])
-    where = 'the GPU (hardware decoder or CUDA where nvJPEG loads; else the CPU)'
-  except RuntimeError:   # no usable CUDA device
-    decoder = nvimgcodec.Decoder(device_id=nvimgcodec.NVIMGCODEC_DEVICE_CPU_ONLY,
-                                 max_num_cpu_threads=1,
-                                 backends=[nvimgcodec.Backend(kinds.CPU_ONLY)])
-    where = 'the CPU'
+  kinds = {'hw': nvimgcodec.BackendKind.HW_GPU_ONLY, 'cuda': nvimgcodec.BackendKind.GPU_ONLY,
+           'cpu': nvimgcodec.BackendKind.CPU_ONLY}
+  hw_load = HW_LOAD if 'cuda' in backends else 1.0
+  chain = [nvimgcodec.Backend(kinds[b], load_hint=hw_load if b == 'hw' else 1.0)
+           for b in backends]
+  cpu_only = dict(device_id=nvimgcodec.NVIMGCODEC_DEVICE_CPU_ONLY, max_num_cpu_threads=1,
+                  backends=[nvimgcodec.Backend(kinds['cpu'])])
+  if backends == ('cpu',):
+    decoder, where = nvimgcodec.Decoder(**cpu_only), 'the CPU'
+  else:
+    try:
+      decoder = nvimgcodec.Decoder(device_id=-1 if _gpu is None else _gpu,
+                                   max_num_cpu_threads=1, backends=chain, options=OPTIONS)
+      where = f'GPU {0 if _gpu is None else _gpu} ({", ".join(backends)})'
+    except RuntimeError as e:   # no usable CUDA device
+      if 'cpu' not in backends:
+        raise RuntimeError(f'nvImageCodec found no usable GPU for data.nvimgcodec_backends='
+                           f'{",".join(backends)} (add cpu to fall back to the CPU): {e}') from e
+      decoder, where = nvimgcodec.Decoder(**cpu_only), 'the CPU (no usable GPU)'
   logging.info('nvImageCodec %s decodes JPEG crops on %s (process %d)',
                getattr(nvimgcodec, '__version__', '?'), where, os.getpid())
   params = nvimgcodec.DecodeParams(apply_exif_orientation=False,
@@ -47,7 +84,8 @@ def _make_decoder():
   return nvimgcodec, decoder, params
 
 
-def decode_regions(items: Sequence[tuple[bytes, Region]]) -> list[np.ndarray | None]:
+def decode_regions(items: Sequence[tuple[bytes, Region]],
+                   backends: tuple[str, ...] = BACKENDS) -> list[np.ndarray | None]:
   """uint8 RGB [lower - upper, right - left, 3] of each (JPEG, region), grey JPEGs too, decoded in
   one call (one batch for nvJPEG, whose hardware engines decode batches); None where nvImageCodec
   cannot decode the image (the host decoder then gives the verdict).
@@ -57,9 +95,10 @@ def decode_regions(items: Sequence[tuple[bytes, Region]]) -> list[np.ndarray | N
   """
   if not items:
     return []
-  if not hasattr(_local, 'decoder'):
-    _local.decoder = _make_decoder()
-  nvimgcodec, decoder, params = _local.decoder
+  decoders = _local.__dict__.setdefault('decoders', {})
+  if backends not in decoders:
+    decoders[backends] = _make_decoder(backends)
+  nvimgcodec, decoder, params = decoders[backends]
   streams = [nvimgcodec.CodeStream(data).get_sub_code_stream(
                  region=nvimgcodec.Region(upper, left, lower, right))
              for data, (left, upper, right, lower) in items]

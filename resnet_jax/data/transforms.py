@@ -179,6 +179,7 @@ class ImageTransform:
   vflip: bool = False
   fast_decode: bool = False   # training crops only; eval decodes exactly
   decoder: str = 'host'       # DECODERS
+  nvimgcodec_backends: str = ','.join(nvimgcodec_decode.BACKENDS)   # with decoder 'nvimgcodec'
 
   def __post_init__(self):
     if self.augment not in AUGMENTS:
@@ -188,6 +189,7 @@ class ImageTransform:
     if self.fast_decode and self.decoder != 'host':
       raise ValueError(f'data.fast_decode is an option of the host decoder, not of '
                        f'data.decoder={self.decoder!r}')
+    nvimgcodec_decode.parse_backends(self.nvimgcodec_backends)
     if self.eval_resize and self.eval_resize < self.size:
       raise ValueError(f'data.eval_resize={self.eval_resize} is smaller than '
                        f'data.image_size={self.size}')
@@ -196,7 +198,8 @@ class ImageTransform:
   def from_config(cls, d: ml_collections.ConfigDict, channels: int) -> 'ImageTransform':
     return cls(augment=d.augment, size=d.image_size, channels=channels, eval_resize=d.eval_resize,
                scale_range=tuple(d.scale_range), pad=d.pad, hflip=d.hflip, vflip=d.vflip,
-               fast_decode=d.fast_decode, decoder=d.decoder)
+               fast_decode=d.fast_decode, decoder=d.decoder,
+               nvimgcodec_backends=d.nvimgcodec_backends)
 
   def plan_train(self, data: bytes | np.ndarray, key: str,
                  rng: np.random.Generator) -> Crop | np.ndarray:
@@ -232,7 +235,9 @@ class ImageTransform:
       return decoded
     jpegs = [(i, _region_read(c.box, *c.header.size, self.size))
              for i, c in enumerate(crops) if isinstance(c.header, JpegHeader)]
-    regions = nvimgcodec_decode.decode_regions([(crops[i].header.data, r) for i, r in jpegs])
+    regions = nvimgcodec_decode.decode_regions(
+        [(crops[i].header.data, r) for i, r in jpegs],
+        nvimgcodec_decode.parse_backends(self.nvimgcodec_backends))
     for (i, (left, upper, _, _)), pixels in zip(jpegs, regions):
       if pixels is not None:
         b = crops[i].box
