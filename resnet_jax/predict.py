@@ -35,17 +35,13 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from resnet_jax import parallel
-from resnet_jax.config_base import saved_config
-from resnet_jax.checkpoint import CHECKPOINT_DIR, Checkpointer
 from resnet_jax.data import folder_format
 from resnet_jax.data.decode import BadImageError
 from resnet_jax.data.device_ops import prepare_images
 from resnet_jax.data.prepare import IMAGE_EXTENSIONS
 from resnet_jax.data.sources import load_split
 from resnet_jax.data.transforms import ImageTransform
-from resnet_jax.train.loop import Trainer
-from resnet_jax.train.state import eval_variables
+from resnet_jax.train.loop import restore_trained
 
 BATCH_SIZE = 32
 
@@ -60,12 +56,6 @@ def find_images(paths: Sequence[str | Path]) -> list[Path]:
     else:
       found.append(path)   # a missing file is reported when it is read
   return found
-
-
-def checkpoint_shapes(ckpt: Checkpointer, step: int) -> tuple[int, int]:
-  """(number of classes, input channels) of the model saved in a checkpoint."""
-  params = ckpt.saved_arrays(step)['params']
-  return params['head']['kernel'].shape[-1], params['stem_conv']['kernel'].shape[-2]
 
 
 def predict_transform(d: ml_collections.ConfigDict, channels: int) -> ImageTransform:
@@ -97,27 +87,13 @@ class Predictor:
   """A workdir's model, its eval preprocessing and its class names."""
 
   def __init__(self, workdir: str | Path, checkpoint: str = 'latest'):
-    workdir = Path(workdir)
-    config_file = workdir / 'config.json'
-    if not config_file.is_file():
-      raise FileNotFoundError(f'{config_file} not found: --workdir must be a training run '
-                              'directory')
-    if not (workdir / CHECKPOINT_DIR).is_dir():
-      raise FileNotFoundError(f'{workdir / CHECKPOINT_DIR} not found: the run has no checkpoint')
-    self.config = config = saved_config(json.loads(config_file.read_text()))
-    ckpt = Checkpointer(workdir, keep=config.keep_checkpoints,
-                        keep_best=config.keep_best_checkpoints, best_metric=config.best_metric)
-    self.step = ckpt.chosen_step(checkpoint)
-    num_classes, channels = checkpoint_shapes(ckpt, self.step)
-    size = config.data.image_size
-    trainer = Trainer(config, parallel.create_mesh(), num_classes=num_classes,
-                      image_shape=(size, size, channels), steps_per_epoch=1)
-    state, _ = ckpt.restore(trainer.abstract_state, config, self.step)
-    ckpt.close()
-    self.variables = jax.device_get(eval_variables(state))
-    self.class_names = dataset_class_names(config.data, num_classes)
-    self.transform = predict_transform(config.data, channels)
-    self._apply = jax.jit(lambda variables, images: jax.nn.softmax(trainer.model.apply(
+    trained = restore_trained(workdir, checkpoint)
+    self.config = config = trained.config
+    self.step = trained.step
+    self.variables = trained.variables
+    self.class_names = dataset_class_names(config.data, trained.num_classes)
+    self.transform = predict_transform(config.data, trained.channels)
+    self._apply = jax.jit(lambda variables, images: jax.nn.softmax(trained.model.apply(
         variables, prepare_images(images, None, train=False, data_config=config.data,
                                   dtype=jnp.dtype(config.dtype)), train=False)))
 

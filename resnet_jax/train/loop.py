@@ -5,6 +5,7 @@ waits on the device except where it must read a number: at logging, eval and che
 """
 
 import concurrent.futures
+import dataclasses
 import functools
 import importlib
 import itertools
@@ -21,8 +22,9 @@ import numpy as np
 from absl import logging
 
 from resnet_jax import data, models, parallel, profiling, runtime
-from resnet_jax.checkpoint import (Checkpointer, PreemptionWatcher, check_shared_directory,
-                                   is_better, write_json)
+from resnet_jax.checkpoint import (CHECKPOINT_DIR, Checkpointer, PreemptionWatcher,
+                                   check_shared_directory, is_better, write_json)
+from resnet_jax.config_base import saved_config
 from resnet_jax.models.summary import count_params
 from resnet_jax.progress import Progress, format_end_summary, format_start_summary
 from resnet_jax.train import mixing, optim
@@ -234,6 +236,44 @@ def create_trainer(config: ml_collections.ConfigDict, *, train: bool = True):
                     image_shape=tuple(eval_input.info.image_shape),
                     steps_per_epoch=train_input.steps_per_epoch if train else 1)
   return trainer, train_input, eval_input
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedModel:
+  """A finished (or running) training run's model and its eval variables, on the host."""
+  config: ml_collections.ConfigDict   # the run's config.json, on this version's schema
+  model: Any
+  variables: dict[str, Any]           # the EMA weights where the run kept an EMA
+  step: int
+  num_classes: int
+  channels: int
+
+
+def restore_trained(workdir: str | Path, checkpoint: str = 'latest') -> TrainedModel:
+  """The model of a training workdir at its latest or best checkpoint; FileNotFoundError naming
+  what is missing where `workdir` is not a run with a checkpoint."""
+  workdir = Path(workdir)
+  config_file = workdir / 'config.json'
+  if not config_file.is_file():
+    raise FileNotFoundError(f'{config_file} not found: {workdir} is not a training run directory')
+  if not (workdir / CHECKPOINT_DIR).is_dir():
+    raise FileNotFoundError(f'{workdir / CHECKPOINT_DIR} not found: the run has no checkpoint')
+  config = saved_config(json.loads(config_file.read_text()))
+  ckpt = Checkpointer(workdir, keep=config.keep_checkpoints,
+                      keep_best=config.keep_best_checkpoints, best_metric=config.best_metric)
+  try:
+    step = ckpt.chosen_step(checkpoint)
+    params = ckpt.saved_arrays(step)['params']
+    num_classes, channels = (params['head']['kernel'].shape[-1],
+                             params['stem_conv']['kernel'].shape[-2])
+    size = config.data.image_size
+    trainer = Trainer(config, parallel.create_mesh(), num_classes=num_classes,
+                      image_shape=(size, size, channels), steps_per_epoch=1)
+    state, _ = ckpt.restore(trainer.abstract_state, config, step)
+  finally:
+    ckpt.close()
+  return TrainedModel(config, trainer.model, jax.device_get(eval_variables(state)), step,
+                      num_classes, channels)
 
 
 def run_info(trainer: Trainer, state: TrainState, train_input, eval_input) -> dict[str, Any]:
