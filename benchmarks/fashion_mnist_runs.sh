@@ -28,7 +28,8 @@ main=(python3 -m resnet_jax.main --config=configs/fashion_mnist.py "--config.dat
 # best_recipe, EMA included) with that width and its overrides, comma-separated config keys,
 # e.g. resnet20:40:50:optimizer.sam_rho=0.05,optimizer.ema_decay=0.9995; the workdir name ends
 # with them (best_resnet20_w40_e50_sam_rho0.05_ema_decay0.9995). Before 2026-12-04 the same
-# settings were passed as flags, without the EMA.
+# settings were passed as flags, without the EMA. Distillation: a teacher entry, then its student
+# with distill.teacher=OUT/<the teacher's workdir name>, run in that order with JOBS=1.
 best_models=${BEST_MODELS:-"resnet20:40"}
 
 override_flags() {   # comma-separated overrides key=value,... -> --config.key=value ...
@@ -36,9 +37,9 @@ override_flags() {   # comma-separated overrides key=value,... -> --config.key=v
   for kv in ${1//,/ }; do echo -n " --config.$kv"; done
 }
 
-override_tag() {   # the same overrides -> a workdir-name suffix: a.b=v -> _bv
+override_tag() {   # the same overrides -> a workdir-name suffix: a.b=v -> _bv (a path: its name)
   local kv key
-  for kv in ${1//,/ }; do key=${kv%%=*}; echo -n "_${key##*.}${kv#*=}"; done
+  for kv in ${1//,/ }; do key=${kv%%=*}; echo -n "_${key##*.}$(basename "${kv#*=}")"; done
 }
 
 best_args() {   # one BEST_MODELS entry -> the workdir and flags of that best run

@@ -107,6 +107,12 @@ def base_config() -> ml_collections.ConfigDict:
       warmup_factor=0.0,      # 0: linear warmup from 0; f > 0: constant lr * f (the paper's 0.01)
   ))
   c.label_smoothing = 0.0
+  c.distill = ml_collections.ConfigDict(dict(   # knowledge distillation: resnet_jax/train/distill.py
+      teacher='',             # a training workdir whose model gives soft targets; '' = off
+      checkpoint='latest',    # the teacher's 'latest' or 'best' checkpoint
+      weight=0.9,             # loss = (1 - weight) * cross-entropy + weight * T^2 * KL
+      temperature=4.0,        # T
+  ))
 
   c.log_every_steps = 10
   c.eval_every_steps = 0      # 0 = at the end of every epoch and at the end

@@ -78,6 +78,10 @@ def format_start_summary(run_info: Mapping[str, Any]) -> str:
   rows = [('model', str(get('model', '?')))]
   if 'params' in run_info:
     rows.append(('parameters', f'{format_count(get("params"))} ({_n(get("params"))})'))
+  if 'teacher' in run_info:
+    t = get('teacher')
+    rows.append(('teacher', f'{t["model"]} ({format_count(t["params"])}) of {t["workdir"]}, '
+                            f'step {_n(t["step"])}'))
   if 'devices' in run_info:
     procs = get('processes')
     rows.append(('devices', f'{get("devices")}'

@@ -115,8 +115,10 @@ def reference_state(config, num_steps: int):
     parts = [next(shard) for shard in shards]
     batch = to_global({k: np.concatenate([part[k] for part in parts]) for k in parts[0]},
                       parallel.batch_sharding(mesh), 1)
-    train_step = train_step or compile_like_processes(trainer.train_step, state, batch)
-    state, _ = train_step(state, batch)
+    # The jitted step itself, whose last argument is the teacher's variables (None: none).
+    train_step = train_step or compile_like_processes(trainer.train_step.jitted, state, batch,
+                                                      None)
+    state, _ = train_step(state, batch, None)
   return state
 
 

@@ -27,7 +27,7 @@ from resnet_jax.checkpoint import (CHECKPOINT_DIR, Checkpointer, PreemptionWatch
 from resnet_jax.config_base import saved_config
 from resnet_jax.models.summary import count_params
 from resnet_jax.progress import Progress, format_end_summary, format_start_summary
-from resnet_jax.train import mixing, optim
+from resnet_jax.train import distill, mixing, optim
 from resnet_jax.train.state import TrainState, create_train_state, eval_variables, live_variables
 from resnet_jax.train.steps import ema_batch_statistics, eval_step, train_step
 from resnet_jax.writers import MetricWriter
@@ -74,11 +74,26 @@ def total_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -
   return int(math.ceil(config.num_epochs * steps_per_epoch))
 
 
+class BoundStep:
+  """A jitted step with its trailing argument bound (the teacher's variables, or None): called
+  and lowered as a step of (state, batch)."""
+
+  def __init__(self, jitted, bound: Any):
+    self.jitted, self.bound = jitted, bound
+
+  def __call__(self, *args):
+    return self.jitted(*args, self.bound)
+
+  def lower(self, *args):
+    return self.jitted.lower(*args, self.bound)
+
+
 class Trainer:
   """What is built once per run: model, optimizer and the steps compiled over the mesh."""
 
   def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, *,
-               num_classes: int, image_shape: tuple[int, ...], steps_per_epoch: int):
+               num_classes: int, image_shape: tuple[int, ...], steps_per_epoch: int,
+               teacher: 'TrainedModel | None' = None):
     parallel.check_batch_size(config.batch_size, mesh)
     parallel.check_batch_size(config.eval_batch_size, mesh, 'eval_batch_size')
     self.config = config
@@ -90,6 +105,7 @@ class Trainer:
     self.schedule = optim.create_schedule(config, steps_per_epoch, self.total_steps)
     self.tx = optim.create_optimizer(config, self.schedule)
     mixing.check_mixing(config.data)
+    distill.check_distill(config)
     check_periods(config)
     if config.best_metric not in eval_metric_names(config):
       raise ValueError(f'best_metric={config.best_metric!r} is not a metric of this run\'s evals; '
@@ -105,12 +121,16 @@ class Trainer:
         abstract, self.state_sharding)
     self._init = jax.jit(init)   # PRNG key -> state, on the device of the key
     batch = parallel.batch_sharding(mesh)
-    self.train_step = jax.jit(
+    self.teacher = teacher
+    # The teacher's variables are an argument of the compiled step (not constants in it).
+    teacher_variables = (jax.device_put(teacher.variables, parallel.replicated(mesh))
+                         if teacher else None)
+    self.train_step = BoundStep(jax.jit(
         functools.partial(train_step, model=self.model, tx=self.tx, schedule=self.schedule,
-                          config=config),
-        in_shardings=(self.state_sharding, batch),
+                          config=config, teacher_model=teacher.model if teacher else None),
+        in_shardings=(self.state_sharding, batch, parallel.replicated(mesh)),
         out_shardings=(self.state_sharding, parallel.replicated(mesh)),
-        donate_argnums=0)
+        donate_argnums=0), teacher_variables)
     self.eval_step = jax.jit(
         functools.partial(eval_step, model=self.model, config=config),
         in_shardings=(parallel.replicated(mesh), batch),
@@ -232,9 +252,18 @@ def create_trainer(config: ml_collections.ConfigDict, *, train: bool = True):
   mesh = parallel.create_mesh()
   eval_input = data.create_input(config, mesh, train=False)
   train_input = data.create_input(config, mesh, train=True) if train else None
-  trainer = Trainer(config, mesh, num_classes=eval_input.info.num_classes,
-                    image_shape=tuple(eval_input.info.image_shape),
-                    steps_per_epoch=train_input.steps_per_epoch if train else 1)
+  info = eval_input.info
+  teacher = None
+  if train and config.distill.teacher:
+    teacher = restore_trained(config.distill.teacher, config.distill.checkpoint)
+    distill.check_teacher(config, teacher.config, num_classes=info.num_classes,
+                          teacher_classes=teacher.num_classes, channels=info.image_shape[-1],
+                          teacher_channels=teacher.channels)
+    logging.info('distilling from %s (step %d, %s parameters)', config.distill.teacher,
+                 teacher.step, f'{count_params(teacher.variables["params"]):,}')
+  trainer = Trainer(config, mesh, num_classes=info.num_classes,
+                    image_shape=tuple(info.image_shape),
+                    steps_per_epoch=train_input.steps_per_epoch if train else 1, teacher=teacher)
   return trainer, train_input, eval_input
 
 
@@ -291,6 +320,10 @@ def run_info(trainer: Trainer, state: TrainState, train_input, eval_input) -> di
       'steps_per_epoch': trainer.steps_per_epoch,
       'steps': trainer.total_steps,
       'jax': jax.__version__,
+      **({'teacher': {'workdir': str(trainer.config.distill.teacher), 'step': trainer.teacher.step,
+                      'model': trainer.teacher.config.model.name,
+                      'params': count_params(trainer.teacher.variables['params'])}}
+         if trainer.teacher else {}),
   }
 
 

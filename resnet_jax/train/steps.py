@@ -8,6 +8,7 @@ import ml_collections
 import optax
 
 from resnet_jax.data.device_ops import prepare_images
+from resnet_jax.train.distill import distillation_loss
 from resnet_jax.train.mixing import mix_batch, mixing_enabled
 from resnet_jax.train.state import TrainState
 
@@ -42,11 +43,14 @@ def sharpness_aware_gradient(grad_fn, params, grads, rho: float):
   return sam_grads
 
 
-def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: Any,
-               tx: optax.GradientTransformation, schedule: optax.Schedule,
-               config: ml_collections.ConfigDict) -> tuple[TrainState, Metrics]:
+def train_step(state: TrainState, batch: dict[str, jax.Array], teacher_variables: Any = None, *,
+               model: Any, tx: optax.GradientTransformation, schedule: optax.Schedule,
+               config: ml_collections.ConfigDict,
+               teacher_model: Any = None) -> tuple[TrainState, Metrics]:
   """One SGD step on a global batch (mixed by mixup or CutMix where the config asks; `top1`
-  counts the images' own labels). A non-finite loss leaves the state unchanged.
+  counts the images' own labels). A non-finite loss leaves the state unchanged. With a
+  `teacher_model` (and its `teacher_variables`), the loss is distilled from its outputs on the
+  same images (`distill.py`).
 
   The state is frozen on a NaN or infinite loss (so a checkpoint written afterwards still holds
   the last good state); the loop sees `loss` in the metrics and stops, naming the step.
@@ -57,15 +61,21 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: Any,
   labels = batch['label']
   mixed = (mix_batch(images, labels, jax.random.fold_in(rng, 2), config.data)
            if mixing_enabled(config.data) else None)
+  inputs = images if mixed is None else mixed.images
+  teacher_logits = (None if teacher_model is None
+                    else teacher_model.apply(teacher_variables, inputs, train=False))
 
   def loss_fn(params):
     logits, updates = model.apply({'params': params, 'batch_stats': state.batch_stats},
-                                  images if mixed is None else mixed.images,
-                                  train=True, mutable=['batch_stats'])
+                                  inputs, train=True, mutable=['batch_stats'])
     losses = cross_entropy(logits, labels, config.label_smoothing)
     if mixed is not None:
       losses = (mixed.weight * losses + (1 - mixed.weight)
                 * cross_entropy(logits, mixed.partner_labels, config.label_smoothing))
+    if teacher_logits is not None:
+      w = config.distill.weight
+      losses = ((1 - w) * losses
+                + w * distillation_loss(logits, teacher_logits, config.distill.temperature))
     return jnp.mean(losses), (logits, updates['batch_stats'])
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
