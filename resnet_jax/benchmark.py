@@ -58,7 +58,7 @@ def run_benchmark(config, *, pipeline: bool, num_devices: int, warmup: int, wind
                   steps: int, num_classes: int, profile_dir: str = '') -> dict:
   """Compiles, warms up and times the train step; returns the figures."""
   from resnet_jax import data
-  from resnet_jax.train.loop import Trainer
+  from resnet_jax.train.loop import Trainer, load_teacher
 
   runtime.configure(config)
   mesh = parallel.create_mesh(num_devices)
@@ -72,7 +72,8 @@ def run_benchmark(config, *, pipeline: bool, num_devices: int, warmup: int, wind
     batches = iter(lambda: fixed, None)
   size = config.data.image_size
   trainer = Trainer(config, mesh, num_classes=num_classes, image_shape=(size, size, channels),
-                    steps_per_epoch=1000)
+                    steps_per_epoch=1000,
+                    teacher=load_teacher(config, num_classes=num_classes, channels=channels))
   state = trainer.init_state()
   jax.block_until_ready(state)
 

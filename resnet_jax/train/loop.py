@@ -253,14 +253,8 @@ def create_trainer(config: ml_collections.ConfigDict, *, train: bool = True):
   eval_input = data.create_input(config, mesh, train=False)
   train_input = data.create_input(config, mesh, train=True) if train else None
   info = eval_input.info
-  teacher = None
-  if train and config.distill.teacher:
-    teacher = restore_trained(config.distill.teacher, config.distill.checkpoint)
-    distill.check_teacher(config, teacher.config, num_classes=info.num_classes,
-                          teacher_classes=teacher.num_classes, channels=info.image_shape[-1],
-                          teacher_channels=teacher.channels)
-    logging.info('distilling from %s (step %d, %s parameters)', config.distill.teacher,
-                 teacher.step, f'{count_params(teacher.variables["params"]):,}')
+  teacher = (load_teacher(config, num_classes=info.num_classes, channels=info.image_shape[-1])
+             if train else None)
   trainer = Trainer(config, mesh, num_classes=info.num_classes,
                     image_shape=tuple(info.image_shape),
                     steps_per_epoch=train_input.steps_per_epoch if train else 1, teacher=teacher)
@@ -303,6 +297,21 @@ def restore_trained(workdir: str | Path, checkpoint: str = 'latest') -> TrainedM
     ckpt.close()
   return TrainedModel(config, trainer.model, jax.device_get(eval_variables(state)), step,
                       num_classes, channels)
+
+
+def load_teacher(config: ml_collections.ConfigDict, *, num_classes: int,
+                 channels: int) -> TrainedModel | None:
+  """The distillation teacher of `config` (`distill.teacher`), checked against the data it is to
+  teach on; None where the config has none."""
+  if not config.distill.teacher:
+    return None
+  teacher = restore_trained(config.distill.teacher, config.distill.checkpoint)
+  distill.check_teacher(config, teacher.config, num_classes=num_classes,
+                        teacher_classes=teacher.num_classes, channels=channels,
+                        teacher_channels=teacher.channels)
+  logging.info('distilling from %s (step %d, %s parameters)', config.distill.teacher,
+               teacher.step, f'{count_params(teacher.variables["params"]):,}')
+  return teacher
 
 
 def run_info(trainer: Trainer, state: TrainState, train_input, eval_input) -> dict[str, Any]:
