@@ -131,21 +131,32 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-def saved_config(values: Mapping[str, Any]) -> ml_collections.ConfigDict:
-  """A run's saved `config.json` on this version's schema: fields added since get their defaults
-  and fields since removed are ignored (logged), so that an older run can still be evaluated
-  and predicted with."""
+def saved_config(values: Mapping[str, Any],
+                 source: str = 'saved config') -> ml_collections.ConfigDict:
+  """A run's saved `config.json` (`source`, for messages) on this version's schema: fields added
+  since get their defaults and fields since removed are ignored (logged), so that an older run
+  can still be evaluated and predicted with; a value of the wrong type is an error naming it."""
   c = base_config()
 
   def merge(into: ml_collections.ConfigDict, saved: Mapping[str, Any], path: str) -> None:
     for key, value in saved.items():
+      name = path + key
       if key not in into:
-        logging.warning('saved config field %s%s is not in this version\'s schema: ignored',
-                        path, key)
-      elif isinstance(into[key], ml_collections.ConfigDict):
-        merge(into[key], value, f'{path}{key}.')
-      else:
-        into[key] = tuple(value) if isinstance(into[key], tuple) else value
+        logging.warning('%s: field %s is not in this version\'s schema: ignored', source, name)
+        continue
+      default = into[key]
+      wrong = (not isinstance(value, Mapping) if isinstance(default, ml_collections.ConfigDict)
+               else isinstance(default, tuple) and not isinstance(value, (list, tuple)))
+      if wrong:
+        raise ValueError(f'{source}: {name} is {value!r}, which does not fit the schema '
+                         f'({type(default).__name__})')
+      if isinstance(default, ml_collections.ConfigDict):
+        merge(default, value, name + '.')
+        continue
+      try:
+        into[key] = tuple(value) if isinstance(default, tuple) else value
+      except (TypeError, ValueError) as e:
+        raise ValueError(f'{source}: {name} is {value!r}: {e}') from e
 
   merge(c, values, '')
   return c

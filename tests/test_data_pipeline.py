@@ -12,7 +12,8 @@ from jax.sharding import PartitionSpec as P
 from PIL import Image
 
 from resnet_jax import parallel
-from resnet_jax.data import create, create_input, folder_format, grain_loader, prepare
+from resnet_jax.data import (create, create_input, folder_format, grain_loader,
+                             nvimgcodec_decode, prepare)
 from resnet_jax.data.decode import BadImageError
 from resnet_jax.data.device_resident import pad_crop_flip
 from resnet_jax.data.transforms import ImageTransform
@@ -243,6 +244,25 @@ def test_each_worker_runs_its_init_and_nvimgcodec_workers_get_the_gpus(tmp_path,
   mesh = parallel.create_mesh()
   assert create.decoding_gpus(mesh, 'host') is None
   assert create.decoding_gpus(mesh, 'nvimgcodec').keywords == {'gpus': ()}
+
+
+def test_the_grain_input_hands_nvimgcodec_workers_their_init(folder, devices, monkeypatch):
+  given = []
+  host_batches = grain_loader.host_batches
+
+  def recorded(ds, **kwargs):
+    given.append(kwargs)
+    return host_batches(ds, **kwargs)
+
+  monkeypatch.setattr(grain_loader, 'host_batches', recorded)
+  mesh = parallel.create_mesh()
+  c = folder_config(folder)
+  c.data.update(decoder='nvimgcodec', num_workers=0)
+  take(create_input(c, mesh, train=True), 1)
+  c.data.decoder = 'host'
+  take(create_input(c, mesh, train=True), 1)
+  nv, host = given
+  assert nv['worker_init'].func is nvimgcodec_decode.use_gpu and host['worker_init'] is None
 
 
 def write_prepared(directory, images: list[tuple[str, bytes]]):

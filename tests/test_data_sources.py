@@ -130,6 +130,7 @@ def test_prepare_splits_a_deterministic_fraction(tmp_path):
   second = prepare.prepare(root, tmp_path / 'two', val_fraction=0.2, workers=2)
   assert first['splits']['val']['class_counts'] == {'a': 2, 'b': 1, 'c': 0}
   assert first['splits']['train']['class_counts'] == {'a': 8, 'b': 4, 'c': 1}
+  assert second['splits'] == first['splits']
   for split in ('train', 'val'):
     assert ((tmp_path / 'one' / f'{split}.array_record').read_bytes()
             == (tmp_path / 'two' / f'{split}.array_record').read_bytes())

@@ -2,6 +2,7 @@
 
 import dataclasses
 import io
+import sys
 import threading
 
 import jax
@@ -311,7 +312,72 @@ def test_decoder_options_are_checked():
     with pytest.raises(ValueError, match=f'data.nvimgcodec_backends=.*{named}'):
       transforms.ImageTransform(augment='inception_crop', size=16, channels=3,
                                 decoder='nvimgcodec', nvimgcodec_backends=bad)
-  assert nvimgcodec_decode.parse_backends(' cuda, cpu ') == ('cuda', 'cpu')
+  assert nvimgcodec_decode.parse_backends(' cpu, cuda,cpu ') == ('cuda', 'cpu')
+  config = base_config()
+  config.data.nvimgcodec_backends = 'cuda'
+  assert transforms.ImageTransform.from_config(config.data, 3).nvimgcodec_backends == 'cuda'
+
+
+class FakeNvimgcodec:
+  """Stands in for `nvidia.nvimgcodec`: records how decoders are made; decodes nothing (the
+  host decoder then decodes every crop)."""
+
+  class BackendKind:
+    HW_GPU_ONLY, GPU_ONLY, CPU_ONLY = 'hw', 'cuda', 'cpu'
+
+  class ColorSpec:
+    SRGB = 'srgb'
+
+  NVIMGCODEC_DEVICE_CPU_ONLY = -99
+
+  def __init__(self):
+    self.decoders = []
+    fake = self
+
+    class Decoder:
+      def __init__(self, **kwargs):
+        fake.decoders.append(kwargs)
+
+      def decode(self, streams, params):
+        return [None] * len(streams)
+
+    class CodeStream:
+      def __init__(self, data):
+        pass
+
+      def get_sub_code_stream(self, region):
+        return region
+
+    self.Decoder, self.CodeStream = Decoder, CodeStream
+    self.Backend = lambda kind, load_hint=1.0: (kind, load_hint)
+    self.Region = lambda *box: box
+    self.DecodeParams = lambda **kwargs: kwargs
+
+
+def test_the_decoder_is_made_with_the_backends_gpu_and_options(monkeypatch):
+  """data.nvimgcodec_backends reaches nvImageCodec's decoder; the hardware engines share each
+  batch with CUDA where both are listed; the worker's GPU and the options are passed."""
+  import nvidia
+  fake = FakeNvimgcodec()
+  monkeypatch.setattr(nvidia, 'nvimgcodec', fake, raising=False)
+  monkeypatch.setitem(sys.modules, 'nvidia.nvimgcodec', fake)
+  monkeypatch.setattr(nvimgcodec_decode, '_local', threading.local())
+  monkeypatch.setattr(nvimgcodec_decode, '_gpu', None)
+  nvimgcodec_decode.use_gpu(3, 4, gpus=(5, 7))
+  nv = transforms.ImageTransform(augment='inception_crop', size=32, channels=3,
+                                 decoder='nvimgcodec', nvimgcodec_backends='cuda,hw')
+  planned = nv.plan_eval(photo_jpeg(), 'k')
+  assert nv.finish(planned).shape == (32, 32, 3)   # the host decoder took over
+  for spec in ('hw', 'cpu'):
+    dataclasses.replace(nv, nvimgcodec_backends=spec).decode_regions([planned])
+  both, hw, cpu = fake.decoders
+  assert both == dict(device_id=7, max_num_cpu_threads=1, options=nvimgcodec_decode.OPTIONS,
+                      backends=[('hw', nvimgcodec_decode.HW_LOAD), ('cuda', 1.0)])
+  assert hw['backends'] == [('hw', 1.0)] and hw['device_id'] == 7
+  assert cpu == dict(device_id=FakeNvimgcodec.NVIMGCODEC_DEVICE_CPU_ONLY, max_num_cpu_threads=1,
+                     backends=[('cpu', 1.0)])
+  nv.decode_regions([planned])
+  assert len(fake.decoders) == 3   # one decoder per thread and backend list, made once
 
 
 def test_nvimgcodec_backends_narrow_the_decoders(monkeypatch):

@@ -1,13 +1,14 @@
 """`python -m resnet_jax.predict` on a run trained for two steps on a generated image folder."""
 
 import json
+import re
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from resnet_jax import predict
-from resnet_jax.config_base import base_config
+from resnet_jax.config_base import base_config, saved_config
 from resnet_jax.data.prepare import prepare
 from resnet_jax.data.transforms import ImageTransform
 from resnet_jax.train.loop import train_and_evaluate
@@ -111,3 +112,18 @@ def test_a_run_saved_by_another_version_still_predicts(run, tmp_path, caplog):
   assert 'data.retired_option' in caplog.text
   files = predict.find_images([images / 'good'])
   assert len(list(predict.predict(predictor, files, top_k=1, good_class='good'))) == CLASSES['good']
+
+
+@pytest.mark.parametrize('path, value, message', [
+    (('data', 'scale_range'), 5, 'data.scale_range is 5, which does not fit the schema (tuple)'),
+    (('optimizer',), 3, 'optimizer is 3, which does not fit the schema (ConfigDict)'),
+    (('num_steps',), 'many', "num_steps is 'many'"),
+])
+def test_a_saved_config_value_of_the_wrong_type_is_named(path, value, message):
+  saved = json.loads(json.dumps(base_config().to_dict()))
+  section = saved
+  for key in path[:-1]:
+    section = section[key]
+  section[path[-1]] = value
+  with pytest.raises(ValueError, match=r'run/config\.json: ' + re.escape(message)):
+    saved_config(saved, source='run/config.json')

@@ -139,7 +139,7 @@ def pipeline_rate(load: grain_loader.LoadExample, *, workers: int, batch_size: i
 def run(folder: str | None, *, generate: int, workers: int, batch_size: int, steps: int,
         warmup: int, augment: str, image_size: int, fast_decode: bool = False,
         decoder: str = 'host',
-        nvimgcodec_backends: str = ','.join(nvimgcodec_decode.BACKENDS)) -> dict:
+        nvimgcodec_backends: str = nvimgcodec_decode.DEFAULT_BACKENDS) -> dict:
   with tempfile.TemporaryDirectory() as tmp:
     if folder and (Path(folder) / folder_format.METADATA_FILE).is_file():
       prepared = Path(folder)
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
   p.add_argument('--fast-decode', action='store_true',
                  help="libjpeg-turbo's fast IDCT and upsampling (data.fast_decode=True)")
   p.add_argument('--decoder', default='host', choices=DECODERS, help='data.decoder')
-  p.add_argument('--nvimgcodec-backends', default=','.join(nvimgcodec_decode.BACKENDS),
+  p.add_argument('--nvimgcodec-backends', default=nvimgcodec_decode.DEFAULT_BACKENDS,
                  help="data.nvimgcodec_backends, e.g. 'cuda,cpu' (no hardware JPEG engines)")
   args = p.parse_args(argv)
   round_size = max(args.workers, 1)

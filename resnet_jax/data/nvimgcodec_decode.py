@@ -20,9 +20,10 @@ import numpy as np
 from absl import logging
 
 Region = tuple[int, int, int, int]   # (left, upper, right, lower), integer pixels
-BACKENDS = ('hw', 'cuda', 'cpu')   # data.nvimgcodec_backends: the names, in nvImageCodec's order
-# Share of each batch for the hardware engines when CUDA decodes too: DALI's default for
-# H100-class GPUs (both busy at once; not measured here).
+BACKENDS = ('hw', 'cuda', 'cpu')   # data.nvimgcodec_backends: the names, in the chain's order
+DEFAULT_BACKENDS = ','.join(BACKENDS)
+# Share of each batch for the hardware engines when CUDA decodes too (both busy at once): the
+# default of DALI's nvImageCodec-based decoders; not tuned here.
 HW_LOAD = 0.9
 # nvJPEG's CUDA decoder does the Huffman decoding on the host for images under 1M pixels (most
 # photos), which would put it back on the cores the GPU decoding is to spare: on the GPU for all.
@@ -32,14 +33,15 @@ _gpu: int | None = None      # this process's GPU (`use_gpu`); None: the current
 
 
 def parse_backends(spec: str) -> tuple[str, ...]:
-  """'hw,cuda,cpu' -> ('hw', 'cuda', 'cpu'); a clear error for an unknown or empty list."""
-  names = tuple(n.strip() for n in spec.split(',') if n.strip())
-  unknown = [n for n in names if n not in BACKENDS]
+  """'cpu,cuda' -> ('cuda', 'cpu'): the subset, in the chain's order; a clear error for an
+  unknown name or an empty list."""
+  names = {n.strip() for n in spec.split(',') if n.strip()}
+  unknown = sorted(names - set(BACKENDS))
   if unknown or not names:
     raise ValueError(f'data.nvimgcodec_backends={spec!r}: '
                      f'{"unknown " + ", ".join(unknown) if unknown else "empty"}; '
-                     f'a comma-separated subset of {",".join(BACKENDS)}')
-  return names
+                     f'a comma-separated subset of {DEFAULT_BACKENDS}')
+  return tuple(b for b in BACKENDS if b in names)
 
 
 def use_gpu(worker_index: int, worker_count: int, *, gpus: Sequence[int]) -> None:
@@ -71,7 +73,7 @@ def _make_decoder(backends: tuple[str, ...]):
     try:
       decoder = nvimgcodec.Decoder(device_id=-1 if _gpu is None else _gpu,
                                    max_num_cpu_threads=1, backends=chain, options=OPTIONS)
-      where = f'GPU {0 if _gpu is None else _gpu} ({", ".join(backends)})'
+      where = f'{"the current GPU" if _gpu is None else f"GPU {_gpu}"} ({", ".join(backends)})'
     except RuntimeError as e:   # no usable CUDA device
       if 'cpu' not in backends:
         raise RuntimeError(f'nvImageCodec found no usable GPU for data.nvimgcodec_backends='

@@ -179,7 +179,7 @@ class ImageTransform:
   vflip: bool = False
   fast_decode: bool = False   # training crops only; eval decodes exactly
   decoder: str = 'host'       # DECODERS
-  nvimgcodec_backends: str = ','.join(nvimgcodec_decode.BACKENDS)   # with decoder 'nvimgcodec'
+  nvimgcodec_backends: str = nvimgcodec_decode.DEFAULT_BACKENDS   # with decoder 'nvimgcodec'
 
   def __post_init__(self):
     if self.augment not in AUGMENTS:

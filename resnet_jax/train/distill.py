@@ -28,7 +28,7 @@ def distillation_loss(logits: jax.Array, teacher_logits: jax.Array,
 
 
 def check_distill(config: ml_collections.ConfigDict) -> None:
-  """Refuses a weight or temperature the loss cannot use, naming the key."""
+  """Refuses a weight, temperature or checkpoint that cannot be used, naming the key."""
   d = config.distill
   if not d.teacher:
     return
@@ -36,6 +36,8 @@ def check_distill(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f'distill.weight={d.weight} must be in (0, 1]')
   if d.temperature <= 0:
     raise ValueError(f'distill.temperature={d.temperature} must be positive')
+  if d.checkpoint not in ('latest', 'best'):
+    raise ValueError(f"distill.checkpoint must be 'latest' or 'best', got {d.checkpoint!r}")
 
 
 def check_teacher(config: ml_collections.ConfigDict, teacher: ml_collections.ConfigDict, *,

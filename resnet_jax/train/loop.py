@@ -5,6 +5,7 @@ waits on the device except where it must read a number: at logging, eval and che
 """
 
 import concurrent.futures
+import copy
 import dataclasses
 import functools
 import importlib
@@ -96,8 +97,11 @@ class Trainer:
                teacher: 'TrainedModel | None' = None):
     parallel.check_batch_size(config.batch_size, mesh)
     parallel.check_batch_size(config.eval_batch_size, mesh, 'eval_batch_size')
+    if teacher is not None and not config.distill.teacher:
+      raise ValueError('a teacher was given, but distill.teacher is empty')
     self.config = config
     self.mesh = mesh
+    self.num_classes = num_classes
     self.model = create_model_from_config(config, num_classes)
     self.image_shape = tuple(image_shape)
     self.steps_per_epoch = steps_per_epoch
@@ -105,7 +109,6 @@ class Trainer:
     self.schedule = optim.create_schedule(config, steps_per_epoch, self.total_steps)
     self.tx = optim.create_optimizer(config, self.schedule)
     mixing.check_mixing(config.data)
-    distill.check_distill(config)
     check_periods(config)
     if config.best_metric not in eval_metric_names(config):
       raise ValueError(f'best_metric={config.best_metric!r} is not a metric of this run\'s evals; '
@@ -248,17 +251,26 @@ class EmaStatistics:
 
 
 def create_trainer(config: ml_collections.ConfigDict, *, train: bool = True):
-  """The mesh, the inputs (train only if `train`) and the trainer for a config."""
+  """The mesh, the inputs (train only if `train`) and the trainer for a config, without its
+  distillation teacher (`with_teacher`)."""
   mesh = parallel.create_mesh()
   eval_input = data.create_input(config, mesh, train=False)
   train_input = data.create_input(config, mesh, train=True) if train else None
-  info = eval_input.info
-  teacher = (load_teacher(config, num_classes=info.num_classes, channels=info.image_shape[-1])
-             if train else None)
-  trainer = Trainer(config, mesh, num_classes=info.num_classes,
-                    image_shape=tuple(info.image_shape),
-                    steps_per_epoch=train_input.steps_per_epoch if train else 1, teacher=teacher)
+  trainer = Trainer(config, mesh, num_classes=eval_input.info.num_classes,
+                    image_shape=tuple(eval_input.info.image_shape),
+                    steps_per_epoch=train_input.steps_per_epoch if train else 1)
   return trainer, train_input, eval_input
+
+
+def with_teacher(trainer: Trainer) -> Trainer:
+  """`trainer` with its config's distillation teacher loaded (itself where there is none)."""
+  teacher = load_teacher(trainer.config, num_classes=trainer.num_classes,
+                         channels=trainer.image_shape[-1])
+  if teacher is None:
+    return trainer
+  return Trainer(trainer.config, trainer.mesh, num_classes=trainer.num_classes,
+                 image_shape=trainer.image_shape, steps_per_epoch=trainer.steps_per_epoch,
+                 teacher=teacher)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -281,7 +293,7 @@ def restore_trained(workdir: str | Path, checkpoint: str = 'latest') -> TrainedM
     raise FileNotFoundError(f'{config_file} not found: {workdir} is not a training run directory')
   if not (workdir / CHECKPOINT_DIR).is_dir():
     raise FileNotFoundError(f'{workdir / CHECKPOINT_DIR} not found: the run has no checkpoint')
-  config = saved_config(json.loads(config_file.read_text()))
+  config = saved_config(json.loads(config_file.read_text()), source=str(config_file))
   ckpt = Checkpointer(workdir, keep=config.keep_checkpoints,
                       keep_best=config.keep_best_checkpoints, best_metric=config.best_metric)
   try:
@@ -290,7 +302,11 @@ def restore_trained(workdir: str | Path, checkpoint: str = 'latest') -> TrainedM
     num_classes, channels = (params['head']['kernel'].shape[-1],
                              params['stem_conv']['kernel'].shape[-2])
     size = config.data.image_size
-    trainer = Trainer(config, parallel.create_mesh(), num_classes=num_classes,
+    # On one device, whose batches any batch size fits: the run's batch sizes need not divide
+    # this host's device count.
+    one_device = copy.deepcopy(config)
+    one_device.update(batch_size=1, eval_batch_size=1)
+    trainer = Trainer(one_device, parallel.create_mesh(1), num_classes=num_classes,
                       image_shape=(size, size, channels), steps_per_epoch=1)
     state, _ = ckpt.restore(trainer.abstract_state, config, step)
   finally:
@@ -305,6 +321,7 @@ def load_teacher(config: ml_collections.ConfigDict, *, num_classes: int,
   teach on; None where the config has none."""
   if not config.distill.teacher:
     return None
+  distill.check_distill(config)
   teacher = restore_trained(config.distill.teacher, config.distill.checkpoint)
   distill.check_teacher(config, teacher.config, num_classes=num_classes,
                         teacher_classes=teacher.num_classes, channels=channels,
@@ -334,6 +351,19 @@ def run_info(trainer: Trainer, state: TrainState, train_input, eval_input) -> di
                       'params': count_params(trainer.teacher.variables['params'])}}
          if trainer.teacher else {}),
   }
+
+
+def _warn_if_teacher_changed(run_info_path: Path, teacher: dict[str, Any] | None) -> None:
+  """A resumed run distilled from another teacher (or teacher checkpoint) than before: logged,
+  since the run then mixes two teachers' targets."""
+  try:
+    before = json.loads(run_info_path.read_text()).get('teacher')
+  except (OSError, ValueError):
+    return
+  same = lambda t: None if t is None else (t['workdir'], t['step'])
+  if same(before) != same(teacher):
+    logging.warning('resumed with another distillation teacher: %s before, %s now', same(before),
+                    same(teacher))
 
 
 def _checked(pending: list[tuple[int, dict]]) -> list[tuple[int, dict]]:
@@ -419,6 +449,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     ckpt.close()
     logging.info('%s finished at step %d: nothing to do', workdir, int(state.step))
     return json.loads(summary_path.read_text())
+  trainer = with_teacher(trainer)
   batches: Iterator = iter(train_input)
   if state is None or int(state.step) < trainer.total_steps:
     state, batches = _start(trainer, state, batches)
@@ -426,6 +457,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   total = trainer.total_steps
 
   info = run_info(trainer, state, train_input, eval_input)
+  if start_step > 0:
+    _warn_if_teacher_changed(workdir / 'run_info.json', info.get('teacher'))
   write_json(workdir / 'config.json', config.to_dict())
   write_json(workdir / 'run_info.json', info)
   writer = MetricWriter(workdir, enabled=main, start_step=start_step)
