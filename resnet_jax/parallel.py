@@ -31,6 +31,11 @@ def create_mesh(num_devices: int = 0) -> Mesh:
   return Mesh(np.asarray(devices), (DATA_AXIS,))
 
 
+def local_mesh(num_devices: int) -> Mesh:
+  """A 1-D mesh over this process's first `num_devices` devices, in any job."""
+  return Mesh(np.asarray(jax.local_devices()[:num_devices]), (DATA_AXIS,))
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   """Leading (batch) axis split over the mesh."""
   return NamedSharding(mesh, P(DATA_AXIS))
@@ -52,9 +57,10 @@ def check_batch_size(batch_size: int, mesh: Mesh, what: str = 'batch_size') -> N
     raise ValueError(
         f'{what}={batch_size} is not divisible by the number of devices ({n}); '
         f'use a multiple of {n}')
-  if batch_size % jax.process_count():
+  processes = len({d.process_index for d in mesh.devices.flat})   # that feed this mesh
+  if batch_size % processes:
     raise ValueError(
-        f'{what}={batch_size} is not divisible by the number of processes ({jax.process_count()})')
+        f'{what}={batch_size} is not divisible by the number of processes ({processes})')
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:

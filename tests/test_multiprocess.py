@@ -24,7 +24,7 @@ from resnet_jax.data import grain_loader
 from resnet_jax.data.global_batches import to_global
 from resnet_jax.data.sources import load_split
 from resnet_jax.data.transforms import ImageTransform
-from resnet_jax.train.loop import Trainer
+from resnet_jax.train.loop import Trainer, train_and_evaluate
 from resnet_jax.writers import METRICS_FILE
 from tests import multiprocess_config
 from tests.helpers import write_idx_dataset
@@ -42,8 +42,8 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def run_processes(workdirs: list[Path], data_dir: Path, num_steps: int,
-                  scratch: Path) -> list[tuple[int, str]]:
+def run_processes(workdirs: list[Path], data_dir: Path, num_steps: int, scratch: Path,
+                  flags: tuple[str, ...] = ()) -> list[tuple[int, str]]:
   """Runs the job as one process per workdir (normally all the same); the exit status and
   output of each. Output goes to files in `scratch`: a full pipe would stall the job.
 
@@ -67,7 +67,8 @@ def run_processes(workdirs: list[Path], data_dir: Path, num_steps: int,
             [sys.executable, '-m', 'resnet_jax.main', f'--config={CONFIG_FILE}',
              f'--workdir={workdir}', f'--config.data.data_dir={data_dir}',
              f'--config.num_steps={num_steps}', f'--coordinator_address=localhost:{port}',
-             f'--num_processes={len(workdirs)}', f'--process_id={i}', '--distributed_timeout=60'],
+             f'--num_processes={len(workdirs)}', f'--process_id={i}', '--distributed_timeout=60',
+             *flags],
             cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT))
     return [(p.wait(timeout=120), log.read_text()) for p, log in zip(procs, logs)]
   finally:
@@ -76,9 +77,10 @@ def run_processes(workdirs: list[Path], data_dir: Path, num_steps: int,
         p.kill()
 
 
-def run_job(workdir: Path, data_dir: Path, num_steps: int, scratch: Path) -> list[str]:
+def run_job(workdir: Path, data_dir: Path, num_steps: int, scratch: Path,
+            flags: tuple[str, ...] = ()) -> list[str]:
   """Runs the job as NUM_PROCESSES processes on one workdir; the output of each."""
-  results = run_processes([workdir] * NUM_PROCESSES, data_dir, num_steps, scratch)
+  results = run_processes([workdir] * NUM_PROCESSES, data_dir, num_steps, scratch, flags)
   for i, (status, out) in enumerate(results):
     assert status == 0, f'process {i} failed:\n{out[-4000:]}'
   return [out for _, out in results]
@@ -150,6 +152,21 @@ def test_two_processes_train_like_one_with_all_devices(tmp_path, devices):
   for name in ('params', 'batch_stats', 'opt_state'):
     got, want = jax.device_get((getattr(restored, name), getattr(expected, name)))
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), got, want)
+
+
+def test_two_processes_distil_from_a_teacher_run(tmp_path, devices):
+  """Each process reads the teacher's checkpoint onto its own device (a teacher trained on 8
+  devices with a batch that 4 would also take), and the job trains as one."""
+  data_dir = write_idx_dataset(tmp_path / 'data', num_train=64, num_test=32)
+  teacher = multiprocess_config.get_config()
+  teacher.data.data_dir = str(data_dir)
+  teacher.update(num_steps=1, batch_size=24, eval_batch_size=24)
+  train_and_evaluate(teacher, tmp_path / 'teacher')
+  outputs = run_job(tmp_path / 'student', data_dir, num_steps=2, scratch=tmp_path,
+                    flags=(f'--config.distill.teacher={tmp_path / "teacher"}',))
+  assert 'teacher' in outputs[0] and 'finished:' in outputs[0]
+  info = json.loads((tmp_path / 'student' / 'run_info.json').read_text())
+  assert info['processes'] == 2 and info['teacher']['step'] == 1
 
 
 def test_unreachable_coordinator_fails_in_bounded_time_naming_it(tmp_path):

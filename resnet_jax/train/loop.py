@@ -302,11 +302,11 @@ def restore_trained(workdir: str | Path, checkpoint: str = 'latest') -> TrainedM
     num_classes, channels = (params['head']['kernel'].shape[-1],
                              params['stem_conv']['kernel'].shape[-2])
     size = config.data.image_size
-    # On one device, whose batches any batch size fits: the run's batch sizes need not divide
-    # this host's device count.
+    # On one local device (each process of a multi-process job reads its own copy), whose
+    # batches any batch size fits: the run's batch sizes need not divide this host's devices.
     one_device = copy.deepcopy(config)
     one_device.update(batch_size=1, eval_batch_size=1)
-    trainer = Trainer(one_device, parallel.create_mesh(1), num_classes=num_classes,
+    trainer = Trainer(one_device, parallel.local_mesh(1), num_classes=num_classes,
                       image_shape=(size, size, channels), steps_per_epoch=1)
     state, _ = ckpt.restore(trainer.abstract_state, config, step)
   finally:
