@@ -40,7 +40,7 @@ def train_params(num_steps: int, batch_size: int) -> dict[str, np.ndarray]:
 
   from resnet_jax import data, parallel
   from resnet_jax.config_base import base_config
-  from resnet_jax.train.loop import Trainer
+  from resnet_jax.train.trainer import Trainer
 
   jax.config.update('jax_default_matmul_precision', 'highest')   # no TF32: compare float32
   c = base_config()

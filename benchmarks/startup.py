@@ -17,7 +17,7 @@ from absl import app
 from ml_collections import config_flags
 
 from resnet_jax import parallel, runtime
-from resnet_jax.train.loop import Trainer
+from resnet_jax.train.trainer import Trainer
 from resnet_jax.train.state import create_train_state
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/fashion_mnist.py:resnet20,fast',

@@ -58,7 +58,8 @@ def run_benchmark(config, *, pipeline: bool, num_devices: int, warmup: int, wind
                   steps: int, num_classes: int, profile_dir: str = '') -> dict:
   """Compiles, warms up and times the train step; returns the figures."""
   from resnet_jax import data
-  from resnet_jax.train.loop import Trainer, load_teacher
+  from resnet_jax.train.restore import load_teacher
+  from resnet_jax.train.trainer import Trainer
 
   runtime.configure(config)
   mesh = parallel.create_mesh(num_devices)

@@ -107,7 +107,7 @@ def base_config() -> ml_collections.ConfigDict:
       warmup_factor=0.0,      # 0: linear warmup from 0; f > 0: constant lr * f (the paper's 0.01)
   ))
   c.label_smoothing = 0.0
-  c.distill = ml_collections.ConfigDict(dict(   # knowledge distillation: resnet_jax/train/distill.py
+  c.distill = ml_collections.ConfigDict(dict(   # knowledge distillation: train/distill.py
       teacher='',             # a training workdir whose model gives soft targets; '' = off
       checkpoint='latest',    # the teacher's 'latest' or 'best' checkpoint
       weight=0.9,             # loss = (1 - weight) * cross-entropy + weight * T^2 * KL

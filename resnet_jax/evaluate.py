@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 
 from resnet_jax import eval_protocols, plots, runtime
 from resnet_jax.checkpoint import Checkpointer, write_json
-from resnet_jax.train.loop import create_trainer
+from resnet_jax.train.trainer import create_trainer
 
 _LABELLED_CLASSES = 30   # more classes: no tick labels
 _ANNOTATED_CLASSES = 12  # up to this many: counts written in the cells

@@ -41,7 +41,7 @@ from resnet_jax.data.device_ops import prepare_images
 from resnet_jax.data.prepare import IMAGE_EXTENSIONS
 from resnet_jax.data.sources import load_split
 from resnet_jax.data.transforms import ImageTransform
-from resnet_jax.train.loop import restore_trained
+from resnet_jax.train.restore import restore_trained
 
 BATCH_SIZE = 32
 

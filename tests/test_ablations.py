@@ -22,7 +22,8 @@ import pytest
 from resnet_jax.analysis.gradients import BLOCK, block_names
 from resnet_jax.recipes import load_recipe
 from resnet_jax.sweep import apply_overrides, load_sweep
-from resnet_jax.train.loop import create_trainer, train_and_evaluate
+from resnet_jax.train.loop import train_and_evaluate
+from resnet_jax.train.trainer import create_trainer
 from resnet_jax.train.optim import peak_learning_rate
 from resnet_jax.writers import read_metrics
 from tests.fast_keys import rbg_keys  # noqa: F401  (a fixture)

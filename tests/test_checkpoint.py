@@ -15,7 +15,8 @@ import pytest
 
 from resnet_jax import parallel
 from resnet_jax.checkpoint import Checkpointer, CheckpointMismatchError
-from resnet_jax.train.loop import Trainer, train_and_evaluate
+from resnet_jax.train.loop import train_and_evaluate
+from resnet_jax.train.trainer import Trainer
 from resnet_jax.train.state import TrainState
 from resnet_jax.writers import read_metrics
 from tests.helpers import fake_config, write_idx_dataset

@@ -12,7 +12,9 @@ from resnet_jax import parallel
 from resnet_jax.data.device_ops import prepare_images
 from resnet_jax.checkpoint import Checkpointer
 from resnet_jax.train.distill import check_teacher, distillation_loss
-from resnet_jax.train.loop import TrainedModel, Trainer, restore_trained, train_and_evaluate
+from resnet_jax.train.loop import train_and_evaluate
+from resnet_jax.train.restore import TrainedModel, restore_trained
+from resnet_jax.train.trainer import Trainer
 from resnet_jax.train.mixing import mix_batch
 from resnet_jax.train.steps import cross_entropy
 from tests.helpers import fake_config

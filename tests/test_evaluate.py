@@ -16,7 +16,7 @@ from resnet_jax.data.prepare import prepare
 from resnet_jax.data.transforms import ImageTransform, center_crop_box
 from resnet_jax.eval_protocols import Protocol
 from resnet_jax.evaluate import evaluate_workdir
-from resnet_jax.train.loop import create_trainer
+from resnet_jax.train.trainer import create_trainer
 from resnet_jax.train.steps import topk_correct
 from tests.data_builders import encode, folder_config, write_image_folder
 from tests.helpers import write_idx_dataset

@@ -11,7 +11,7 @@ import pytest
 
 from resnet_jax.analysis import gradients
 from resnet_jax.data.device_ops import prepare_images
-from resnet_jax.train.loop import create_model_from_config
+from resnet_jax.train.trainer import create_model_from_config
 from tests.fast_keys import rbg_keys  # noqa: F401  (a fixture)
 
 

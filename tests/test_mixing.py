@@ -8,7 +8,7 @@ import pytest
 from resnet_jax import parallel
 from resnet_jax.config_base import base_config
 from resnet_jax.data.device_ops import prepare_images
-from resnet_jax.train.loop import Trainer
+from resnet_jax.train.trainer import Trainer
 from resnet_jax.train.mixing import check_mixing, mix_batch
 from resnet_jax.train.steps import cross_entropy
 from tests.test_train_step import IMAGE_SHAPE, one_step, random_batch, tiny_config

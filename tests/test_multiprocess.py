@@ -24,7 +24,8 @@ from resnet_jax.data import grain_loader
 from resnet_jax.data.global_batches import to_global
 from resnet_jax.data.sources import load_split
 from resnet_jax.data.transforms import ImageTransform
-from resnet_jax.train.loop import Trainer, train_and_evaluate
+from resnet_jax.train.loop import train_and_evaluate
+from resnet_jax.train.trainer import Trainer
 from resnet_jax.writers import METRICS_FILE
 from tests import multiprocess_config
 from tests.helpers import write_idx_dataset

@@ -16,7 +16,8 @@ from resnet_jax.config_base import base_config
 from resnet_jax.data.device_ops import prepare_images
 from resnet_jax.data.inputs import TrainInput
 from resnet_jax.train import optim
-from resnet_jax.train.loop import EmaStatistics, Trainer, train_and_evaluate
+from resnet_jax.train.loop import EmaStatistics, train_and_evaluate
+from resnet_jax.train.trainer import Trainer
 from resnet_jax.train.state import eval_variables
 from resnet_jax.train.steps import cross_entropy, topk_correct
 from tests.helpers import fake_config
@@ -414,7 +415,7 @@ def test_loop_stores_the_recomputed_ema_statistics_and_trains_as_without(tmp_pat
   """With ema_bn_batches the loop trains exactly as without (same params, same EMA params) and
   its checkpoint holds recomputed EMA statistics in place of the averaged ones."""
   from resnet_jax.checkpoint import Checkpointer
-  from resnet_jax.train.loop import create_trainer
+  from resnet_jax.train.trainer import create_trainer
   states = {}
   for n in (0, 2):
     config = fake_config(num_steps=6, eval_every_steps=3)

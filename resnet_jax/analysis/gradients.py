@@ -83,7 +83,7 @@ def analysis_config(model: str, data: str, batch_size: int):
 
 def measure(model: str, steps: list[int], data: str, batch_size: int) -> dict[int, dict]:
   """Trains `model` up to max(steps), measuring the block gradient norms at each of `steps`."""
-  from resnet_jax.train.loop import create_trainer
+  from resnet_jax.train.trainer import create_trainer
   config = analysis_config(model, data, batch_size)
   config.num_steps = max(max(steps), 1)
   trainer, train_input, _ = create_trainer(config)

@@ -104,7 +104,7 @@ def write_checkpoint(variables: dict, arch: str, out: Path) -> None:
   import jax
   from resnet_jax import parallel
   from resnet_jax.checkpoint import Checkpointer, write_json
-  from resnet_jax.train.loop import Trainer
+  from resnet_jax.train.trainer import Trainer
 
   config = imagenet_config(arch)
   config.dtype = 'float32'

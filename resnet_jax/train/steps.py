@@ -1,4 +1,4 @@
-"""The pure train and eval steps. `loop.py` compiles them once over the mesh."""
+"""The pure train and eval steps. `trainer.py` compiles them once over the mesh."""
 
 from typing import Any
 
