@@ -33,7 +33,10 @@ def create_mesh(num_devices: int = 0) -> Mesh:
 
 def local_mesh(num_devices: int) -> Mesh:
   """A 1-D mesh over this process's first `num_devices` devices, in any job."""
-  return Mesh(np.asarray(jax.local_devices()[:num_devices]), (DATA_AXIS,))
+  devices = jax.local_devices()
+  if not 1 <= num_devices <= len(devices):
+    raise ValueError(f'asked for {num_devices} local devices; this process has {len(devices)}')
+  return Mesh(np.asarray(devices[:num_devices]), (DATA_AXIS,))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -156,8 +156,8 @@ def test_two_processes_train_like_one_with_all_devices(tmp_path, devices):
 
 
 def test_two_processes_distil_from_a_teacher_run(tmp_path, devices):
-  """Each process reads the teacher's checkpoint onto its own device (a teacher trained on 8
-  devices with a batch that 4 would also take), and the job trains as one."""
+  """Each process reads the teacher's checkpoint (trained by this process on its 8 devices) onto
+  its own first device, and the two-process job distils from it."""
   data_dir = write_idx_dataset(tmp_path / 'data', num_train=64, num_test=32)
   teacher = multiprocess_config.get_config()
   teacher.data.data_dir = str(data_dir)

@@ -515,3 +515,11 @@ def test_unusable_periods_decays_and_boundaries_are_refused(devices, key, value,
   with pytest.raises(ValueError, match=match):
     Trainer(config, parallel.create_mesh(8), num_classes=10, image_shape=IMAGE_SHAPE,
             steps_per_epoch=10)
+
+
+def test_meshes_take_only_the_devices_there_are(devices):
+  assert parallel.create_mesh().devices.size == 8 and parallel.create_mesh(2).devices.size == 2
+  assert list(parallel.local_mesh(3).devices) == jax.local_devices()[:3]
+  for make, n in ((parallel.create_mesh, 9), (parallel.local_mesh, 9), (parallel.local_mesh, 0)):
+    with pytest.raises(ValueError, match=f'asked for {n} '):
+      make(n)

@@ -9,7 +9,9 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 from resnet_jax import parallel
 from resnet_jax.checkpoint import CHECKPOINT_DIR, Checkpointer
@@ -62,6 +64,17 @@ def restore_trained(workdir: str | Path, checkpoint: str = 'latest') -> TrainedM
                       num_classes, channels)
 
 
+def check_readable_by_every_process(path: Path) -> None:
+  """In a multi-process job, refuses on every process a file that some process cannot see
+  (rather than leaving the others waiting for it in orbax's barriers)."""
+  if jax.process_count() == 1:
+    return
+  blind = np.flatnonzero(~multihost_utils.process_allgather(np.bool_(path.is_file()))).tolist()
+  if blind:
+    raise FileNotFoundError(f'{path}: process(es) {blind} cannot see it; a distillation '
+                            "teacher's workdir must be on a filesystem that every process reads")
+
+
 def load_teacher(config: ml_collections.ConfigDict, *, num_classes: int,
                  channels: int) -> TrainedModel | None:
   """The distillation teacher of `config` (`distill.teacher`), checked against the data it is to
@@ -69,6 +82,7 @@ def load_teacher(config: ml_collections.ConfigDict, *, num_classes: int,
   if not config.distill.teacher:
     return None
   distill.check_distill(config)
+  check_readable_by_every_process(Path(config.distill.teacher) / 'config.json')
   teacher = restore_trained(config.distill.teacher, config.distill.checkpoint)
   distill.check_teacher(config, teacher.config, num_classes=num_classes,
                         teacher_classes=teacher.num_classes, channels=channels,

@@ -193,7 +193,7 @@ class Trainer:
 
 def create_trainer(config: ml_collections.ConfigDict, *, train: bool = True):
   """The mesh, the inputs (train only if `train`) and the trainer for a config, without its
-  distillation teacher (`with_teacher`)."""
+  distillation teacher (`train.restore.with_teacher` adds it)."""
   mesh = parallel.create_mesh()
   eval_input = data.create_input(config, mesh, train=False)
   train_input = data.create_input(config, mesh, train=True) if train else None
