@@ -2,8 +2,9 @@
 
 Writes `eval_<protocol>_<checkpoint>_<step>.json` (loss, top-1, top-5, per-class accuracy,
 confusion matrix counts) and `plots/confusion_<protocol>_<checkpoint>_<step>.png` into the
-workdir, so that the protocols' results of one checkpoint stand side by side. Protocols: see
-`resnet_jax.eval_protocols`.
+workdir, so that the protocols' results of one checkpoint stand side by side; `<protocol>` also
+names the settings that change its views (`multi_scale-224-256-384`, `padded_ten_crop-pad4`).
+Protocols: see `resnet_jax.eval_protocols`.
 """
 
 from pathlib import Path
@@ -42,11 +43,14 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str | Path) -> 
   sums = eval_protocols.evaluate_views(eval_step, state, eval_input)
   results = dict(eval_protocols.summarize(sums, eval_input.info.class_names), step=step,
                  checkpoint=which, protocol=config.eval.protocol)
+  tag = config.eval.protocol   # with the settings that change its views
   if config.eval.protocol == 'multi_scale':
     results['scales'] = list(config.eval.scales)
+    tag += '-' + '-'.join(map(str, config.eval.scales))
   if config.eval.protocol == 'padded_ten_crop':
     results['pad'] = config.data.pad
-  name = f'{config.eval.protocol}_{which}_{step}'
+    tag += f'-pad{config.data.pad}'
+  name = f'{tag}_{which}_{step}'
   write_json(workdir / f'eval_{name}.json', results)
   if jax.process_index() == 0:
     plots.save(confusion_figure(results), workdir / 'plots' / f'confusion_{name}.png')

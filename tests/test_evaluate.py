@@ -212,8 +212,14 @@ def test_eval_mode_writes_metrics_per_class_and_the_confusion_png(folder_dataset
   assert png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
   config.eval.protocol = 'center_crop'   # another protocol's results stand beside these
   evaluate_workdir(config, tmp_path)
+  config.eval.protocol = 'multi_scale'   # and so do one protocol's with other settings
+  for scales in ((16, 24), (16,)):
+    config.eval.scales = scales
+    evaluate_workdir(config, tmp_path)
   assert sorted(p.name for p in tmp_path.glob('eval_*.json')) == [
-      'eval_center_crop_latest_1.json', 'eval_ten_crop_latest_1.json']
+      'eval_center_crop_latest_1.json', 'eval_multi_scale-16-24_latest_1.json',
+      'eval_multi_scale-16_latest_1.json', 'eval_ten_crop_latest_1.json']
+  assert json.loads((tmp_path / 'eval_multi_scale-16_latest_1.json').read_text())['scales'] == [16]
 
 
 def test_ten_crop_mirrors_only_where_training_flips():
