@@ -13,7 +13,7 @@ import time
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from resnet_jax import parallel, profiling, runtime
@@ -39,6 +39,20 @@ def synthetic_batch(config, mesh, channels: int, num_classes: int) -> dict[str, 
   batch = {'image': rng.integers(0, 256, (config.batch_size, size, size, channels), np.uint8),
            'label': rng.integers(0, num_classes, (config.batch_size,), np.int32)}
   return jax.device_put(batch, parallel.batch_sharding(mesh))
+
+
+def synthetic_channels(d) -> int:
+  """The channels of the config's images: its dataset's where it can be read (1 for MNIST-like
+  idx data), else those of `data.fake_image_shape` (ImageNet not prepared here: 3)."""
+  if d.source == 'fake':
+    return d.fake_image_shape[-1]
+  from resnet_jax.data.sources import load_split
+  try:
+    return load_split(d, train=False).channels
+  except (OSError, ValueError) as e:
+    logging.warning('synthetic images get data.fake_image_shape\'s %d channels: %s',
+                    d.fake_image_shape[-1], e)
+    return d.fake_image_shape[-1]
 
 
 def peak_memory_bytes() -> int | None:
@@ -68,7 +82,7 @@ def run_benchmark(config, *, pipeline: bool, num_devices: int, warmup: int, wind
     num_classes, channels = train_input.info.num_classes, train_input.info.image_shape[-1]
     batches = iter(train_input)
   else:
-    channels = config.data.fake_image_shape[-1]
+    channels = synthetic_channels(config.data)
     fixed = synthetic_batch(config, mesh, channels, num_classes)
     batches = iter(lambda: fixed, None)
   size = config.data.image_size
@@ -105,6 +119,7 @@ def run_benchmark(config, *, pipeline: bool, num_devices: int, warmup: int, wind
       'model': config.model.name,
       'dtype': config.dtype,
       'global_batch': config.batch_size,
+      'image_shape': [size, size, channels],
       'devices': mesh.devices.size,
       'device_kind': jax.devices()[0].device_kind,
       'pipeline': pipeline,

@@ -41,6 +41,23 @@ def test_a_distilled_config_times_the_step_with_its_teacher(tmp_path, devices):
   assert abs(distilled['final_loss'] - plain['final_loss']) > 1e-3
 
 
+def test_synthetic_images_have_the_datasets_channels(tmp_path, devices, caplog):
+  """Grey idx data (Fashion-MNIST) is benchmarked on 1-channel images; a dataset that cannot be
+  read (ImageNet not prepared here) falls back to data.fake_image_shape, saying so."""
+  import logging
+  from tests.helpers import write_idx_dataset
+  config = fake_config()
+  config.data.update(source='idx', name='fashion_mnist', image_size=16, device_resident=True,
+                     data_dir=str(write_idx_dataset(tmp_path / 'data', 64, 64)))
+  run = lambda: run_benchmark(config, pipeline=False, num_devices=1, warmup=0, windows=1,
+                              steps=1, num_classes=10)
+  assert run()['image_shape'] == [16, 16, 1]
+  config.data.data_dir = str(tmp_path / 'missing')
+  with caplog.at_level(logging.WARNING):
+    assert run()['image_shape'] == [16, 16, 3]
+  assert "fake_image_shape's 3 channels" in caplog.text and 'missing' in caplog.text
+
+
 def test_the_command_prints_its_figures_and_one_json_line():
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2')
   r = subprocess.run([sys.executable, '-m', 'resnet_jax.benchmark', '--config=configs/fake.py',
