@@ -50,8 +50,9 @@ def base_config() -> ml_collections.ConfigDict:
       decoder='host',         # JPEG decoding: 'host' (libjpeg-turbo on this process's cores) or
                               # 'nvimgcodec' (the crop's region only, on the GPU through nvJPEG;
                               # extra [nvimgcodec]; on the CPU where no GPU is visible)
-      nvimgcodec_backends='hw,cuda,cpu',  # nvImageCodec's decoders, in order: hardware JPEG
-                              # engines (with CUDA sharing each batch), CUDA kernels, the CPU
+      nvimgcodec_backends='hw,cpu',  # nvImageCodec's decoders, from 'hw,cuda,cpu': hardware
+                              # JPEG engines (sharing each batch with CUDA where both are listed),
+                              # CUDA kernels, the CPU
       mean=(0.5,),            # per-channel, on the [0, 1] scale; () = plain [0, 1] rescaling
       std=(0.5,),
       pca_lighting=0.0,       # AlexNet colour lighting strength (0.1 in the paper); RGB only

@@ -21,7 +21,10 @@ from absl import logging
 
 Region = tuple[int, int, int, int]   # (left, upper, right, lower), integer pixels
 BACKENDS = ('hw', 'cuda', 'cpu')   # data.nvimgcodec_backends: the names, in the chain's order
-DEFAULT_BACKENDS = ','.join(BACKENDS)
+# The hardware engines, the CPU where they cannot decode: on an H200 (2026-12-05) 12,653 images/s
+# from 16 grain workers against 9,856 with CUDA in the chain, whose decoder nvImageCodec 0.9
+# could not make there (docs/benchmarks.md).
+DEFAULT_BACKENDS = 'hw,cpu'
 # Share of each batch for the hardware engines when CUDA decodes too (both busy at once): the
 # default of DALI's nvImageCodec-based decoders; not tuned here.
 HW_LOAD = 0.9
@@ -76,9 +79,10 @@ def _make_decoder(backends: tuple[str, ...]):
       where = f'{"the current GPU" if _gpu is None else f"GPU {_gpu}"} ({", ".join(backends)})'
     except RuntimeError as e:   # no usable CUDA device
       if 'cpu' not in backends:
-        raise RuntimeError(f'nvImageCodec found no usable GPU for data.nvimgcodec_backends='
-                           f'{",".join(backends)} (add cpu to fall back to the CPU): {e}') from e
-      decoder, where = nvimgcodec.Decoder(**cpu_only), 'the CPU (no usable GPU)'
+        raise RuntimeError(f'nvImageCodec could not make a decoder for data.nvimgcodec_backends='
+                           f'{",".join(backends)}: no usable GPU, or a decoder this build lacks '
+                           f'(add cpu to fall back to the CPU): {e}') from e
+      decoder, where = nvimgcodec.Decoder(**cpu_only), 'the CPU (no GPU decoder could be made)'
   logging.info('nvImageCodec %s decodes JPEG crops on %s (process %d)',
                getattr(nvimgcodec, '__version__', '?'), where, os.getpid())
   params = nvimgcodec.DecodeParams(apply_exif_orientation=False,
