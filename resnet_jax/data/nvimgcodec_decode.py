@@ -1,8 +1,8 @@
 """JPEG crops decoded by NVIDIA's nvImageCodec (`data.decoder='nvimgcodec'`): only the region
 a crop needs, on the GPU where one is visible (nvJPEG: the hardware JPEG engines of A100/H100-class
-GPUs, sharing each batch with CUDA kernels), else on the CPU (libjpeg-turbo: the host decoder's
-pixels wherever that one decodes at full scale). `data.nvimgcodec_backends` narrows the chain
-(e.g. 'cuda,cpu': no hardware engines), for measuring each.
+GPUs; CUDA kernels where listed), else on the CPU (libjpeg-turbo: the host decoder's pixels
+wherever that one decodes at full scale). `data.nvimgcodec_backends` picks the chain (default
+'hw,cpu'; e.g. 'hw,cuda,cpu' to share each batch with CUDA), for measuring each.
 
 On the GPU the host's cores are left with reading records, resizing and batching, which is what
 the ImageNet-style pipeline needs to keep pace with a ResNet-50 step (docs/benchmarks.md: JPEG
