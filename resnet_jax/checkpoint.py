@@ -236,10 +236,9 @@ def check_shared_directory(directory: Path) -> None:
   if jax.process_index() == 0:
     marker.write_text('')
   multihost_utils.sync_global_devices('shared directory check: written')
-  sees = multihost_utils.process_allgather(np.bool_(marker.exists()))
+  blind = parallel.processes_without(marker.exists())
   if jax.process_index() == 0:
     marker.unlink()
-  blind = np.flatnonzero(~sees).tolist()
   if blind:
     raise ValueError(f'the workdir {directory} is not shared: process(es) {blind} do not see what '
                      'process 0 writes there. Checkpoints of a multi-process run need a '

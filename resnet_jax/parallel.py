@@ -14,6 +14,7 @@ from typing import Any
 import jax
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = 'data'
@@ -53,6 +54,16 @@ def abstract(tree: Any) -> Any:
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
 
 
+def mesh_processes(mesh: Mesh) -> int:
+  """How many processes own the devices of `mesh` (feed its batches)."""
+  return len({d.process_index for d in mesh.devices.flat})
+
+
+def processes_without(this_one_has_it: bool) -> list[int]:
+  """The indices of the processes for which `this_one_has_it` is False (every process calls it)."""
+  return np.flatnonzero(~multihost_utils.process_allgather(np.bool_(this_one_has_it))).tolist()
+
+
 def check_batch_size(batch_size: int, mesh: Mesh, what: str = 'batch_size') -> None:
   """Refuses a global batch that the devices (and processes) cannot share evenly."""
   n = mesh.devices.size
@@ -60,7 +71,7 @@ def check_batch_size(batch_size: int, mesh: Mesh, what: str = 'batch_size') -> N
     raise ValueError(
         f'{what}={batch_size} is not divisible by the number of devices ({n}); '
         f'use a multiple of {n}')
-  processes = len({d.process_index for d in mesh.devices.flat})   # that feed this mesh
+  processes = mesh_processes(mesh)
   if batch_size % processes:
     raise ValueError(
         f'{what}={batch_size} is not divisible by the number of processes ({processes})')

@@ -66,7 +66,7 @@ def grain_input(split: Split, d: ml_collections.ConfigDict, mesh: Mesh, *, train
 def create_input(config: ml_collections.ConfigDict, mesh: Mesh, *, train: bool) -> Input:
   """The train (infinite, resumable) or eval (one pass per iteration) input of a config."""
   d = config.data
-  if len({dev.process_index for dev in mesh.devices.flat}) != jax.process_count():
+  if parallel.mesh_processes(mesh) != jax.process_count():
     raise ValueError('the input needs a mesh over the devices of every process')
   batch_size = config.batch_size if train else config.eval_batch_size
   parallel.check_batch_size(batch_size, mesh, 'batch_size' if train else 'eval_batch_size')

@@ -91,7 +91,7 @@ def _make_decoder(backends: tuple[str, ...]):
 
 
 def decode_regions(items: Sequence[tuple[bytes, Region]],
-                   backends: tuple[str, ...] = BACKENDS) -> list[np.ndarray | None]:
+                   backends: tuple[str, ...]) -> list[np.ndarray | None]:
   """uint8 RGB [lower - upper, right - left, 3] of each (JPEG, region), grey JPEGs too, decoded in
   one call (one batch for nvJPEG, whose hardware engines decode batches); None where nvImageCodec
   cannot decode the image (the host decoder then gives the verdict).

@@ -9,9 +9,7 @@ from typing import Any
 
 import jax
 import ml_collections
-import numpy as np
 from absl import logging
-from jax.experimental import multihost_utils
 
 from resnet_jax import parallel
 from resnet_jax.checkpoint import CHECKPOINT_DIR, Checkpointer
@@ -69,7 +67,7 @@ def check_readable_by_every_process(path: Path) -> None:
   (rather than leaving the others waiting for it in orbax's barriers)."""
   if jax.process_count() == 1:
     return
-  blind = np.flatnonzero(~multihost_utils.process_allgather(np.bool_(path.is_file()))).tolist()
+  blind = parallel.processes_without(path.is_file())
   if blind:
     raise FileNotFoundError(f'{path}: process(es) {blind} cannot see it; a distillation '
                             "teacher's workdir must be on a filesystem that every process reads")
