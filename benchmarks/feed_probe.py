@@ -1,12 +1,13 @@
 """Where the trainer's feeding thread spends its time per batch (grain, then placing on the
 devices), and the rate of one or two feeding threads: `python3 benchmarks/feed_probe.py WORKERS
-BACKENDS` over the prepared JPEG folder /tmp/pr/jpds (as perf_run.sh makes it)."""
+BACKENDS` over the prepared JPEG folder /tmp/pr/jpds (as perf_run.sh makes it); two threads
+are `global_batches.feed`, the trainer's."""
 import sys, time
 import jax
 from resnet_jax import parallel
 from resnet_jax.data import grain_loader
 from resnet_jax.data.folder_source import load_folder_split
-from resnet_jax.data.global_batches import prefetch, to_global
+from resnet_jax.data.global_batches import feed, prefetch, to_global
 from resnet_jax.data.transforms import ImageTransform
 
 workers, backends = int(sys.argv[1]), sys.argv[2]
@@ -27,12 +28,11 @@ for _ in range(n):
 print(f'workers {workers} {backends}: one thread: next {tn / n * 1e3:.1f} ms, place {tp / n * 1e3:.1f} ms per batch')
 for stages in (1, 2):
   src = grain_loader.host_batches(ds, start=1000, num_workers=workers)
-  feed = (prefetch(map(place, src), 2) if stages == 1
-          else prefetch(map(place, prefetch(src, 2)), 2))
+  batches = prefetch(map(place, src), 2) if stages == 1 else feed(src, place, 2)
   for _ in range(3 * workers):
-    jax.block_until_ready(next(feed))
+    jax.block_until_ready(next(batches))
   a = time.perf_counter()
   for _ in range(n):
-    jax.block_until_ready(next(feed))
+    jax.block_until_ready(next(batches))
   print(f'  {stages} feeding thread(s): {256 * n / (time.perf_counter() - a):,.0f} images/s')
-  feed.close()
+  batches.close()

@@ -46,7 +46,7 @@ from resnet_jax import parallel
 from resnet_jax.data import grain_loader
 from resnet_jax.data.decode import BadImageError, load_pixels, open_image
 from resnet_jax.data.device_ops import prepare_images
-from resnet_jax.data.global_batches import prefetch
+from resnet_jax.data.global_batches import feed, to_global
 from resnet_jax.data.inputs import Batch, EvalInput
 from resnet_jax.data.sources import load_split
 from resnet_jax.data.splits import DatasetInfo
@@ -201,22 +201,12 @@ def host_view_input(config: ml_collections.ConfigDict, mesh: Mesh,
   load = ViewExamples(split.records, protocol, split.channels, skip_bad_images=d.skip_bad_images)
   ds = grain_loader.eval_dataset(load, batch_size=config.eval_batch_size // process_count,
                                  process_index=jax.process_index(), process_count=process_count)
-  sharding = parallel.batch_sharding(mesh)
-
-  def to_global(v: np.ndarray) -> jax.Array:
-    return jax.make_array_from_process_local_data(sharding, v, (v.shape[0] * process_count,
-                                                                *v.shape[1:]))
-
-  def one_pass() -> Iterator[Batch]:
-    host = grain_loader.host_batches(ds, num_workers=d.num_workers)
-    try:
-      yield from (jax.tree.map(to_global, batch) for batch in host)
-    finally:
-      host.close()
-
+  place = functools.partial(to_global, sharding=parallel.batch_sharding(mesh),
+                            process_count=process_count)
   info = DatasetInfo(len(split.class_names), split.class_names,
                      (d.image_size, d.image_size, split.channels))
-  return EvalInput(lambda: prefetch(one_pass(), d.prefetch), info=info, num_examples=len(split))
+  return EvalInput(lambda: feed(grain_loader.host_batches(ds, num_workers=d.num_workers), place,
+                                d.prefetch), info=info, num_examples=len(split))
 
 
 def device_view_input(base: EvalInput, protocol: Protocol) -> EvalInput:

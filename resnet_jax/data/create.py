@@ -10,7 +10,7 @@ from jax.sharding import Mesh
 from resnet_jax import parallel
 from resnet_jax.data.device_resident import device_resident_input
 from resnet_jax.data.fake import fake_input
-from resnet_jax.data.global_batches import prefetch, to_global
+from resnet_jax.data.global_batches import feed, to_global
 from resnet_jax.data.inputs import Batch, EvalInput, Input, TrainInput
 from resnet_jax.data.sources import load_split
 from resnet_jax.data.splits import DatasetInfo, Split
@@ -40,16 +40,10 @@ def grain_input(split: Split, d: ml_collections.ConfigDict, mesh: Mesh, *, train
   place = functools.partial(to_global, sharding=parallel.batch_sharding(mesh),
                             process_count=process_count)
 
-  def placed(ds, start: int) -> Iterator[Batch]:
+  def device_batches(ds, start: int) -> Iterator[Batch]:
     host = grain_loader.host_batches(ds, start=start, num_workers=d.num_workers,
                                      worker_init=decoding_gpus(mesh, d.decoder))
-    try:
-      yield from map(place, host)
-    finally:
-      host.close()   # stops grain's worker processes and frees their shared memory
-
-  def device_batches(ds, start: int) -> Iterator[Batch]:
-    return prefetch(placed(ds, start), d.prefetch)
+    return feed(host, place, d.prefetch)
 
   if not train:
     ds = grain_loader.eval_dataset(load, batch_size=local_batch, process_index=process_index,
