@@ -1,6 +1,6 @@
 """Where the trainer's feeding thread spends its time per batch (grain, then placing on the
 devices), and the rate of one or two feeding threads: `python3 benchmarks/feed_probe.py WORKERS
-BACKENDS` over the prepared JPEG folder /tmp/pr/jpds (as perf_run.sh makes it); two threads
+BACKENDS|host` over the prepared JPEG folder /tmp/pr/jpds (as perf_run.sh makes it); two threads
 are `global_batches.feed`, the trainer's."""
 import sys, time
 import jax
@@ -10,29 +10,36 @@ from resnet_jax.data.folder_source import load_folder_split
 from resnet_jax.data.global_batches import feed, prefetch, to_global
 from resnet_jax.data.transforms import ImageTransform
 
-workers, backends = int(sys.argv[1]), sys.argv[2]
-split = load_folder_split('train', '/tmp/pr/jpds')
-t = ImageTransform(augment='inception_crop', size=224, channels=3, decoder='nvimgcodec',
-                   nvimgcodec_backends=backends)
-load = grain_loader.LoadExample(split.records, t, train=True, skip_bad_images=False)
-ds, _ = grain_loader.train_dataset(load, seed=0, batch_size=256, process_index=0, process_count=1)
-sh = parallel.batch_sharding(parallel.create_mesh())
-place = lambda b: to_global(b, sh, 1)
-it = grain_loader.host_batches(ds, num_workers=workers)
-for _ in range(3 * workers):
-  next(it)
-n, tn, tp = 60, 0.0, 0.0
-for _ in range(n):
-  a = time.perf_counter(); b = next(it); c = time.perf_counter()
-  jax.block_until_ready(place(b)); tp += time.perf_counter() - c; tn += c - a
-print(f'workers {workers} {backends}: one thread: next {tn / n * 1e3:.1f} ms, place {tp / n * 1e3:.1f} ms per batch')
-for stages in (1, 2):
-  src = grain_loader.host_batches(ds, start=1000, num_workers=workers)
-  batches = prefetch(map(place, src), 2) if stages == 1 else feed(src, place, 2)
+
+def main():
+  workers, backends = int(sys.argv[1]), sys.argv[2]
+  split = load_folder_split('train', '/tmp/pr/jpds')
+  decoder = dict(decoder='host') if backends == 'host' else dict(decoder='nvimgcodec',
+                                                                 nvimgcodec_backends=backends)
+  t = ImageTransform(augment='inception_crop', size=224, channels=3, **decoder)
+  load = grain_loader.LoadExample(split.records, t, train=True, skip_bad_images=False)
+  ds, _ = grain_loader.train_dataset(load, seed=0, batch_size=256, process_index=0, process_count=1)
+  sh = parallel.batch_sharding(parallel.create_mesh())
+  place = lambda b: to_global(b, sh, 1)
+  it = grain_loader.host_batches(ds, num_workers=workers)
   for _ in range(3 * workers):
-    jax.block_until_ready(next(batches))
-  a = time.perf_counter()
+    next(it)
+  n, tn, tp = 60, 0.0, 0.0
   for _ in range(n):
-    jax.block_until_ready(next(batches))
-  print(f'  {stages} feeding thread(s): {256 * n / (time.perf_counter() - a):,.0f} images/s')
-  batches.close()
+    a = time.perf_counter(); b = next(it); c = time.perf_counter()
+    jax.block_until_ready(place(b)); tp += time.perf_counter() - c; tn += c - a
+  print(f'workers {workers} {backends}: one thread: next {tn / n * 1e3:.1f} ms, place {tp / n * 1e3:.1f} ms per batch')
+  for stages in (1, 2):
+    src = grain_loader.host_batches(ds, start=1000, num_workers=workers)
+    batches = prefetch(map(place, src), 2) if stages == 1 else feed(src, place, 2)
+    for _ in range(3 * workers):
+      jax.block_until_ready(next(batches))
+    a = time.perf_counter()
+    for _ in range(n):
+      jax.block_until_ready(next(batches))
+    print(f'  {stages} feeding thread(s): {256 * n / (time.perf_counter() - a):,.0f} images/s')
+    batches.close()
+
+
+if __name__ == '__main__':   # grain's worker processes import this file
+  main()
