@@ -145,17 +145,20 @@ def device_views(images: jax.Array, protocol: Protocol) -> tuple[jax.Array, ...]
     return (images,)
   b, h, w, c = images.shape
   pixels = images.astype(jnp.float32)
-  views = []
-  # One geometry for the whole batch: views that coincide are cut once (on a square as large as
-  # the crop, the five crops of ten_crop are one); the average of the scores is the same.
-  for (left, upper, right, lower), side, flip in dict.fromkeys(protocol.views(w, h)):
-    sy, sx = side / (lower - upper), side / (right - left)
-    view = jax.image.scale_and_translate(
-        pixels, (b, side, side, c), (1, 2), jnp.array([sy, sx]),
-        jnp.array([-upper * sy, -left * sx]), method='linear', antialias=True)
-    view = jnp.clip(jnp.round(view), 0, 255).astype(jnp.uint8)
-    views.append(view[:, :, ::-1] if flip else view)
-  return tuple(views)
+  # One geometry for the whole batch: views that coincide (on a square as large as the crop, the
+  # five crops of ten_crop) are cut once, and listed as often as the protocol lists them, so
+  # that each weighs in the average as it does in the host's views.
+  cut: dict[View, jax.Array] = {}
+  for view in protocol.views(w, h):
+    if view not in cut:
+      (left, upper, right, lower), side, flip = view
+      sy, sx = side / (lower - upper), side / (right - left)
+      pixels_view = jax.image.scale_and_translate(
+          pixels, (b, side, side, c), (1, 2), jnp.array([sy, sx]),
+          jnp.array([-upper * sy, -left * sx]), method='linear', antialias=True)
+      pixels_view = jnp.clip(jnp.round(pixels_view), 0, 255).astype(jnp.uint8)
+      cut[view] = pixels_view[:, :, ::-1] if flip else pixels_view
+  return tuple(cut[view] for view in protocol.views(w, h))
 
 
 class ViewExamples:
@@ -173,8 +176,8 @@ class ViewExamples:
 
   def __call__(self, index: int) -> dict[str, Any]:
     if index >= 0:
-      record = self.records[index]
       try:
+        record = self.records[index]
         views = host_views(self.protocol, record['image'], record['key'], self.channels)
         return {'views': views, 'label': np.int32(record['label']), 'mask': np.bool_(True)}
       except BadImageError as e:

@@ -26,3 +26,9 @@ def test_benchmark_cli_on_generated_jpegs(capsys, decoder):
     assert result['batch_decode_ms'] is None
   assert all(ms > 0 for ms in result['stage_ms'].values())
   assert 'images/s' in lines[0] + lines[1]
+
+
+def test_benchmark_cli_refuses_no_warmup(capsys):
+  with pytest.raises(SystemExit):
+    benchmark.main(['--generate', '8', '--warmup', '0'])
+  assert '--warmup=0: at least 1' in capsys.readouterr().err

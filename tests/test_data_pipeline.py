@@ -265,12 +265,13 @@ def test_the_grain_input_hands_nvimgcodec_workers_their_init(folder, devices, mo
   assert nv['worker_init'].func is nvimgcodec_decode.use_gpu and host['worker_init'] is None
 
 
-def write_prepared(directory, images: list[tuple[str, bytes]]):
-  """A prepared dataset written record by record (so a bad file can get past prepare)."""
+def write_prepared(directory, images: list[tuple[str, bytes] | bytes]):
+  """A prepared dataset written record by record (so a bad file can get past prepare); a bare
+  `bytes` item is written as it is: a record that is not an image record."""
   directory.mkdir(parents=True, exist_ok=True)
   writer = ArrayRecordWriter(str(directory / 'train.array_record'), 'group_size:1')
-  for i, (name, data) in enumerate(images):
-    writer.write(folder_format.encode_record(i % 2, name, data))
+  for i, item in enumerate(images):
+    writer.write(item if isinstance(item, bytes) else folder_format.encode_record(i % 2, *item))
   writer.close()
   split = {'file': 'train.array_record', 'num_examples': len(images)}
   folder_format.write_metadata(directory, {'class_names': ['a', 'b'],
@@ -306,6 +307,25 @@ def test_bad_record_is_named_from_a_worker_or_skipped(folder, tmp_path, devices,
   assert batch['image'].shape == (8, 16, 16, 3)
   assert int(np.asarray(masks[0]).sum()) == 7
   assert 'bad.jpg' in caplog.text and 'skipped' in caplog.text
+
+
+def test_a_malformed_record_is_skipped_by_the_view_protocols_and_the_device_load(tmp_path):
+  """skip_bad_images covers a record that is not an image record (not only an undecodable image)
+  in ten_crop's host views and in the device-resident load, as in the grain loader."""
+  from resnet_jax.data.device_resident import load_arrays
+  from resnet_jax.data.folder_source import load_folder_split
+  from resnet_jax.eval_protocols import Protocol, ViewExamples
+  good = [(f'train/a/{i}.png', encode(Image.new('RGB', (20, 20), (40 * i, 0, 0)), 'PNG'))
+          for i in range(4)]
+  split = load_folder_split('val', str(write_prepared(tmp_path, good[:2] + [b'\x01'] + good[2:])))
+  views = ViewExamples(split.records, Protocol('ten_crop', 16, 0, ()), 3, skip_bad_images=True)
+  assert [bool(views(i)['mask']) for i in range(5)] == [True, True, False, True, True]
+  with pytest.raises(BadImageError, match=r'record 2 of .*train\.array_record'):
+    ViewExamples(split.records, Protocol('ten_crop', 16, 0, ()), 3, skip_bad_images=False)(2)
+  images, _ = load_arrays(split, skip_bad_images=True)
+  np.testing.assert_array_equal(images[:, 0, 0, 0], [0, 40, 80, 120])
+  with pytest.raises(BadImageError, match=r'record 2 of .*train\.array_record'):
+    load_arrays(split)
 
 
 @pytest.mark.parametrize('decoder', ['host', 'nvimgcodec'])

@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from resnet_jax.data import folder_format, prepare
+from resnet_jax.data import folder_format, grain_loader, prepare
 from resnet_jax.data.decode import BadImageError, decode_array
 from resnet_jax.data.folder_source import load_folder_split
 from resnet_jax.data.idx_source import FASHION_MNIST_CLASSES, load_idx_split, read_idx
 from resnet_jax.data.sources import load_split
-from resnet_jax.data.tfds_source import load_tfds_split
+from resnet_jax.data.transforms import ImageTransform
+from resnet_jax.data.tfds_source import TfdsRecords, load_tfds_split
 from tests.helpers import write_idx_dataset
 from tests.data_builders import folder_config, mock_tfds, write_image_folder, write_tiny_tfds
 
@@ -46,6 +47,12 @@ def test_idx_bad_inputs_name_the_path(tmp_path):
   path.write_bytes(gzip.compress(gzip.decompress(path.read_bytes())[:-10]))
   with pytest.raises(ValueError, match='truncated'):
     read_idx(path)
+  path.write_bytes(gzip.compress(b'\0\0\x08\x03\0\0'))   # a 3-d header cut in its first size
+  with pytest.raises(ValueError, match=f'{path}: the header .* cut short'):
+    read_idx(path)
+  path.write_bytes(gzip.compress(b'\0\0\x08\x01\0\0\0\x01\x07')[:-6])
+  with pytest.raises(ValueError, match=f'{path}: not a readable gzip file'):
+    read_idx(path)
 
 
 @pytest.mark.skipif(not REAL_FASHION_MNIST.is_dir(), reason='Fashion-MNIST files not installed')
@@ -70,6 +77,19 @@ def test_tfds_array_record_dataset_without_tensorflow(tmp_path):
     assert image.shape == (20 + image[0, 0, 0], 24, 3)   # example i is (20 + i) x 24
     assert record['label'] == image[0, 0, 0] % 3
   assert len(load_tfds_split('tiny_images', 'train[:50%]', str(tmp_path))) == 6
+
+
+def test_a_corrupt_tfds_record_is_named_and_can_be_skipped(tmp_path):
+  write_tiny_tfds(tmp_path)
+  source = load_tfds_split('tiny_images', 'train', str(tmp_path)).records.source
+  records = TfdsRecords([source[0], b'\x0a\xff\xff\xff\xff', b''], 'tiny_images/train')
+  for index in (1, 2):   # not a protocol buffer; an Example without the features
+    with pytest.raises(BadImageError, match=fr'tiny_images/train\[{index}\]: not a tf.Example'):
+      records[index]
+  load = grain_loader.LoadExample(records, ImageTransform(augment='none', size=16, channels=3),
+                                  train=False, skip_bad_images=True)
+  np.testing.assert_array_equal(load.collate([load(i) for i in range(3)])['mask'],
+                                [True, False, False])
 
 
 def test_tfds_holdout_takes_the_last_examples(tmp_path):
@@ -149,6 +169,7 @@ def test_prepare_names_a_corrupt_or_truncated_file(tmp_path):
   (root / 'train' / 'b' / 'corrupt.jpg').write_bytes(b'\xff\xd8\xff\xe0 this is not a jpeg')
   with pytest.raises(BadImageError, match=r'corrupt\.jpg.*\n.*--skip-bad-images'):
     prepare.prepare(root, tmp_path / 'out')
+  assert not list((tmp_path / 'out').glob('*.tmp'))   # the half-written split is removed
   (root / 'train' / 'b' / 'corrupt.jpg').unlink()
   good = (root / 'train' / 'a' / '0.jpg').read_bytes()
   (root / 'train' / 'a' / 'truncated.jpg').write_bytes(good[:len(good) // 2])

@@ -119,6 +119,11 @@ def test_center_crop_box():
       (250 - 175, 200 - 175, 250 + 175, 200 + 175))
   assert transforms.center_crop_box(32, 32, size=32) == (0, 0, 32, 32)
   assert transforms.center_crop_box(40, 30, size=16) == (12, 7, 28, 23)   # plain crop
+  assert transforms.center_crop_box(32, 31, size=27) == (2, 2, 29, 29)   # of whole pixels
+  image = rgb_image(32, 31)   # so eval cuts the pixels the device-resident centre crop cuts
+  t = transforms.ImageTransform(augment='none', size=27, channels=3)
+  np.testing.assert_array_equal(t.eval(encode(Image.fromarray(image), 'PNG'), 'k'),
+                                image[2:29, 2:29])
   assert transforms.center_crop_box(10, 20, size=16) == (0, 5, 10, 15)   # scaled up to 16
 
 
@@ -178,13 +183,15 @@ def test_large_jpeg_is_drafted_and_matches_the_full_decode():
 def test_pad_crop_shifts_content_and_pads_with_zeros():
   image = np.full((8, 8, 1), 200, np.uint8)
   rng = np.random.default_rng(1)
-  crops = [transforms.pad_crop(image, rng, size=8, pad=2) for _ in range(50)]
+  crops = [transforms.pad_crop(image, rng, size=8, pad=2, key='k') for _ in range(50)]
   assert all(c.shape == (8, 8, 1) for c in crops)
   zeros = [int((c == 0).sum()) for c in crops]
   assert max(zeros) > 0 and len(set(zeros)) > 1
   for c in crops:   # a zero border and a 200 block: a shifted copy of the image
     rows, cols = np.nonzero(c[..., 0])
     assert (c[rows.min():rows.max() + 1, cols.min():cols.max() + 1] == 200).all()
+  with pytest.raises(BadImageError, match=r'small\.png: a 8x8 image padded by 2 .* 13 crop'):
+    transforms.pad_crop(image, rng, size=13, pad=2, key='small.png')
 
 
 @pytest.mark.parametrize('augment', transforms.AUGMENTS)

@@ -115,7 +115,7 @@ def batch_decode(load: grain_loader.LoadExample, batch_size: int,
 
 def pipeline_rate(load: grain_loader.LoadExample, *, workers: int, batch_size: int, steps: int,
                   warmup: int) -> float:
-  """Images/s of the grain train pipeline over `steps` batches after `warmup` batches.
+  """Images/s of the grain train pipeline over `steps` batches after `warmup` (>= 1) batches.
 
   Only the overall rate means something: with workers, single batches arrive in bursts (a
   worker's finished batches wait in its buffer), so per-batch rates are not reported.
@@ -199,6 +199,8 @@ def main(argv: list[str] | None = None) -> None:
   p.add_argument('--nvimgcodec-backends', default=nvimgcodec_decode.DEFAULT_BACKENDS,
                  help="data.nvimgcodec_backends, e.g. 'cuda,cpu' (no hardware JPEG engines)")
   args = p.parse_args(argv)
+  if args.warmup is not None and args.warmup < 1:
+    p.error(f'--warmup={args.warmup}: at least 1 untimed batch (the first starts the pipeline)')
   round_size = max(args.workers, 1)
   warmup = args.warmup if args.warmup is not None else -(-3 // round_size) * round_size
   r = run(args.folder, generate=args.generate, workers=args.workers, batch_size=args.batch_size,

@@ -32,8 +32,8 @@ def load_arrays(split: Split, *, skip_bad_images: bool = False) -> tuple[np.ndar
   def load_chunk(indices: range) -> list[tuple[np.ndarray, int, str]]:
     loaded = []
     for index in indices:
-      record = split.records[index]
       try:
+        record = split.records[index]
         image = decode_array(record['image'], split.channels, record['key'])
       except BadImageError as e:
         if not skip_bad_images:

@@ -17,14 +17,20 @@ _PREFIX = {'train': 'train', 'test': 't10k'}
 def read_idx(path: Path) -> np.ndarray:
   """An idx file of unsigned bytes as a uint8 array of its shape."""
   opener = gzip.open if path.suffix == '.gz' else open
-  with opener(path, 'rb') as f:
-    data = f.read()
+  try:
+    with opener(path, 'rb') as f:
+      data = f.read()
+  except (EOFError, gzip.BadGzipFile) as e:
+    raise ValueError(f'{path}: not a readable gzip file ({e})') from e
   if len(data) < 4 or data[:2] != b'\0\0':
     raise ValueError(f'{path} is not an idx file (bad magic number)')
   dtype, ndim = data[2], data[3]
   if dtype != 0x08:
     raise ValueError(f'{path}: idx element type 0x{dtype:02x} is not supported (only unsigned '
                      'bytes, 0x08)')
+  if len(data) < 4 + 4 * ndim:
+    raise ValueError(f'{path}: the header of a {ndim}-dimensional idx file is cut short '
+                     '(truncated file?)')
   shape = struct.unpack(f'>{ndim}I', data[4:4 + 4 * ndim])
   body = data[4 + 4 * ndim:]
   if len(body) != int(np.prod(shape)):

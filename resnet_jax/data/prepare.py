@@ -13,6 +13,7 @@ No TensorFlow needed.
 """
 
 import argparse
+import contextlib
 import hashlib
 import io
 import multiprocessing
@@ -132,24 +133,25 @@ def write_split(out: Path, split: str, items: list[Item], root: Path, class_name
   results = pool.imap(_encode_item, jobs, chunksize=16) if pool else map(_encode_item, jobs)
   path = out / folder_format.split_file(split)
   tmp = path.with_suffix('.tmp')
-  writer = ArrayRecordWriter(str(tmp), 'group_size:1')
   counts, skipped = Counter(), []
   try:
-    for (file, label), data, error in results:
-      if data is None:
-        if not skip_bad_images:
-          raise BadImageError(f'{error}\n(use --skip-bad-images to leave such files out)')
-        logging.warning('skipped a bad image: %s', error)
-        skipped.append({'file': str(file), 'error': error})
-        continue
-      writer.write(folder_format.encode_record(label, str(file.relative_to(root)), data))
-      counts[class_names[label]] += 1
-  finally:
-    writer.close()
+    with contextlib.closing(ArrayRecordWriter(str(tmp), 'group_size:1')) as writer:
+      for (file, label), data, error in results:
+        if data is None:
+          if not skip_bad_images:
+            raise BadImageError(f'{error}\n(use --skip-bad-images to leave such files out)')
+          logging.warning('skipped a bad image: %s', error)
+          skipped.append({'file': str(file), 'error': error})
+          continue
+        writer.write(folder_format.encode_record(label, str(file.relative_to(root)), data))
+        counts[class_names[label]] += 1
+    if not counts:
+      raise ValueError(f'no image of split {split!r} could be decoded')
+  except BaseException:
+    tmp.unlink(missing_ok=True)   # no half-written split left in the output folder
+    raise
   os.replace(tmp, path)
   num_examples = sum(counts.values())
-  if not num_examples:
-    raise ValueError(f'no image of split {split!r} could be decoded')
   logging.info('%s: %d images written to %s (%d skipped)', split, num_examples, path,
                len(skipped))
   return {'file': path.name, 'num_examples': num_examples,

@@ -7,8 +7,10 @@ stays encoded until the augmentation, which decodes only what its crop needs.
 import dataclasses
 
 import tensorflow_datasets as tfds
+from google.protobuf.message import DecodeError
 from tensorflow_datasets.proto import tf_example_pb2
 
+from resnet_jax.data.decode import BadImageError
 from resnet_jax.data.splits import Record, Split
 
 
@@ -51,10 +53,15 @@ class TfdsRecords:
     return len(self.source)
 
   def __getitem__(self, index: int) -> Record:
-    features = tf_example_pb2.Example.FromString(self.source[index]).features.feature
-    return {'image': features['image'].bytes_list.value[0],
-            'label': int(features['label'].int64_list.value[0]),
-            'key': f'{self.name}[{index}]'}
+    """The record at `index`; `BadImageError` naming it where it is not an image example."""
+    key = f'{self.name}[{index}]'
+    try:
+      features = tf_example_pb2.Example.FromString(self.source[index]).features.feature
+      return {'image': features['image'].bytes_list.value[0],
+              'label': int(features['label'].int64_list.value[0]), 'key': key}
+    except (DecodeError, IndexError) as e:
+      raise BadImageError(f'{key}: not a tf.Example with an image and a label '
+                          f'({type(e).__name__}: {e})') from e
 
 
 def load_tfds_split(name: str, split: str, data_dir: str) -> Split:

@@ -20,8 +20,8 @@ from cykooz_resizer import CropBox, FilterType, ResizeAlg, ResizeOptions, Resize
 from PIL import Image
 
 from resnet_jax.data import nvimgcodec_decode
-from resnet_jax.data.decode import (Header, JpegHeader, as_array, decode_array, load_pixels,
-                                    open_image)
+from resnet_jax.data.decode import (BadImageError, Header, JpegHeader, as_array, decode_array,
+                                    load_pixels, open_image)
 
 AUGMENTS = ('imagenet_scale', 'inception_crop', 'cifar', 'none')
 DECODERS = ('host', 'nvimgcodec')
@@ -68,10 +68,13 @@ def inception_crop_box(width: int, height: int, rng: np.random.Generator, *,
 def center_crop_box(width: int, height: int, *, size: int, resize: int = 0) -> Box:
   """Shorter side resized to `resize`, then the centre size^2 crop.
 
-  `resize=0`: no resizing (a plain centre crop) unless the image is smaller than `size`, which is
-  then scaled up to it.
+  `resize=0`: no resizing (a plain centre crop, of whole pixels as the device-resident input cuts
+  it) unless the image is smaller than `size`, which is then scaled up to it.
   """
   shorter = min(width, height)
+  if not resize and shorter >= size:
+    left, upper = (width - size) // 2, (height - size) // 2
+    return left, upper, left + size, upper + size
   side = size * shorter / (resize or max(size, shorter))
   w, h = min(side, width), min(side, height)
   left, upper = (width - w) / 2, (height - h) / 2
@@ -132,11 +135,14 @@ def resize_box(image: Image.Image, box: Box, size: int) -> Image.Image:
   return out
 
 
-def pad_crop(image: np.ndarray, rng: np.random.Generator, *, size: int, pad: int) -> np.ndarray:
-  """CIFAR augmentation: zero padding of `pad` pixels, then a random size x size crop."""
+def pad_crop(image: np.ndarray, rng: np.random.Generator, *, size: int, pad: int,
+             key: str) -> np.ndarray:
+  """CIFAR augmentation: zero padding of `pad` pixels, then a random size x size crop; an image
+  too small for it is a `BadImageError` naming `key`."""
   h, w, _ = image.shape
   if min(h, w) + 2 * pad < size:
-    raise ValueError(f'a {h}x{w} image padded by {pad} is smaller than the {size} crop')
+    raise BadImageError(f'{key}: a {h}x{w} image padded by {pad} (data.pad) is smaller than the '
+                        f'{size} crop (data.image_size)')
   y, x = rng.integers(0, h + 2 * pad - size + 1), rng.integers(0, w + 2 * pad - size + 1)
   padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)))
   return padded[y:y + size, x:x + size]
@@ -208,7 +214,8 @@ class ImageTransform:
     if self.augment == 'none':
       return self.plan_eval(data, key)
     if self.augment == 'cifar':
-      image = pad_crop(decode_array(data, self.channels, key), rng, size=self.size, pad=self.pad)
+      image = pad_crop(decode_array(data, self.channels, key), rng, size=self.size, pad=self.pad,
+                       key=key)
       return flip(image, random_flips(rng, hflip=self.hflip, vflip=self.vflip))
     header = open_image(data, key)
     return Crop(header, self.train_box(*header.size, rng),
