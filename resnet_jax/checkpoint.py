@@ -25,6 +25,7 @@ from resnet_jax import parallel
 from resnet_jax.train.state import TrainState
 
 CHECKPOINT_DIR = 'checkpoints'
+EMA_WINDOW = 'ema_window'   # the item of a save inside the EMA BN statistics' window
 
 
 class CheckpointMismatchError(ValueError):
@@ -67,12 +68,6 @@ class Checkpointer:
   def best_step(self) -> int | None:
     return self._manager.best_step()
 
-  def best(self) -> dict[str, float] | None:
-    """The eval metrics of the best checkpoint kept, with its 'step'; None if none has any."""
-    step = self.best_step()
-    metrics = None if step is None else self._manager.metrics(step)
-    return None if not metrics else dict(metrics, step=step)
-
   def chosen_step(self, which: str) -> int:
     """The step of the 'latest' or 'best' checkpoint; FileNotFoundError when there is none."""
     if which not in ('latest', 'best'):
@@ -86,12 +81,16 @@ class Checkpointer:
     return list(self._manager.all_steps())
 
   def save(self, step: int, state: TrainState, data_state: dict[str, Any] | None,
-           config: ml_collections.ConfigDict, metrics: dict[str, float] | None = None) -> None:
-    """Starts an (asynchronous) save of everything needed to continue at `step`."""
+           config: ml_collections.ConfigDict, metrics: dict[str, float] | None = None,
+           ema_window: dict[str, Any] | None = None) -> None:
+    """Starts an (asynchronous) save of everything needed to continue at `step`; `ema_window`:
+    the EMA BN statistics gathered so far for the next eval (`loop.EmaStatistics`)."""
     items = dict(state=ocp.args.StandardSave(state),
                  config=ocp.args.JsonSave(config.to_dict()))
     if data_state is not None:
       items['data'] = ocp.args.JsonSave(data_state)
+    if ema_window is not None:
+      items[EMA_WINDOW] = ocp.args.StandardSave(ema_window)
     saved_metrics = None
     if metrics and self.best_metric in metrics:
       saved_metrics = {k: float(v) for k, v in metrics.items()}
@@ -113,6 +112,14 @@ class Checkpointer:
       data_state = self._restore_item(step, 'data', ocp.args.JsonRestore())
     logging.info('restored checkpoint %s', path)
     return state, data_state
+
+  def restore_ema_window(self, step: int, template: Any) -> dict[str, Any] | None:
+    """The `ema_window` saved at `step` onto the shardings of `template` (arrays or specs of
+    the same tree); None where that save had none."""
+    if not (self.directory / str(step) / EMA_WINDOW).exists():
+      return None
+    return self._restore_item(step, EMA_WINDOW,
+                              ocp.args.StandardRestore(parallel.abstract(template)))
 
   def _restore_item(self, step: int, name: str, args: Any) -> Any:
     with _reading(self.directory / str(step) / name):

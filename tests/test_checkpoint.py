@@ -15,7 +15,8 @@ import pytest
 
 from resnet_jax import parallel
 from resnet_jax.checkpoint import Checkpointer, CheckpointMismatchError
-from resnet_jax.train.loop import train_and_evaluate
+from resnet_jax.train import loop
+from resnet_jax.train.loop import non_finite_loss_message, train_and_evaluate
 from resnet_jax.train.trainer import Trainer
 from resnet_jax.train.state import TrainState
 from resnet_jax.writers import read_metrics
@@ -69,6 +70,34 @@ def test_exact_resume(tmp_path, device_resident, devices):
   np.testing.assert_allclose([la[s] for s in la], [lb[s] for s in la], rtol=1e-6)
 
 
+def test_a_resume_inside_the_ema_statistics_window_recomputes_them_as_without(tmp_path, devices,
+                                                                            monkeypatch):
+  """A checkpoint taken while the batches for the EMA weights' BN statistics are being gathered
+  keeps them: the resumed run evaluates and saves the statistics of the uninterrupted one."""
+  config = fake_config(num_steps=8, eval_every_steps=8, checkpoint_every_steps=100)
+  config.optimizer.update(ema_decay=0.9, ema_bn_batches=4)
+  straight = train_and_evaluate(config, tmp_path / 'straight')
+
+  class PreemptedAtStep6:   # as a SIGTERM at step 6: inside the window of steps 5-8
+    reached = staticmethod(lambda step: step == 6)
+    close = staticmethod(lambda: None)
+
+  monkeypatch.setattr(loop, 'PreemptionWatcher', PreemptedAtStep6)
+  assert train_and_evaluate(config, tmp_path / 'resumed')['preempted']
+  monkeypatch.undo()
+  resumed = train_and_evaluate(config, tmp_path / 'resumed')
+  assert resumed['final'] == pytest.approx(straight['final'], rel=1e-5)
+  trainer = Trainer(config, parallel.create_mesh(), num_classes=10, image_shape=(16, 16, 3),
+                    steps_per_epoch=1)
+  stats = []
+  for run in ('straight', 'resumed'):
+    ckpt = Checkpointer(tmp_path / run)
+    stats.append(jax.device_get(ckpt.restore(trainer.abstract_state, config)[0].ema_batch_stats))
+    ckpt.close()
+  for x, y in zip(*map(jax.tree.leaves, stats), strict=True):
+    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
 def test_checkpoint_restores_onto_another_mesh(tmp_path, devices):
   config = fake_config(num_steps=4)
   train_and_evaluate(config, tmp_path)   # 8 devices
@@ -106,8 +135,23 @@ def test_the_best_checkpoint_is_found_and_kept_across_a_resume(tmp_path, metric,
   resumed = Checkpointer(tmp_path, keep=1, keep_best=1, best_metric=metric, async_save=False)
   resumed.save(5, state, None, config, {metric: 0.8})
   assert resumed.best_step() == best and resumed.all_steps() == [best, 5]
-  assert resumed.best() == {metric: values[best - 1], 'step': best}
   resumed.close()
+
+
+def test_the_summary_best_counts_the_evals_before_a_resume_whose_checkpoints_are_gone(
+    tmp_path, devices):
+  def config(num_steps):
+    c = fake_config(num_steps=num_steps, eval_every_steps=2, checkpoint_every_steps=2,
+                    keep_checkpoints=1, keep_best_checkpoints=0, best_metric='eval/loss')
+    c.optimizer.lr = 2.0   # diverging: the first eval is the best
+    return c
+
+  train_and_evaluate(config(4), tmp_path)
+  summary = train_and_evaluate(config(6), tmp_path)
+  evals = {r['step']: r['eval/loss'] for r in read_metrics(tmp_path) if 'eval/loss' in r}
+  assert sorted(evals) == [2, 4, 6] and min(evals, key=evals.get) == 2
+  assert summary['best']['step'] == 2 and summary['best']['eval/loss'] == evals[2]
+  assert not (tmp_path / 'checkpoints' / '2').exists()
 
 
 def test_mismatched_checkpoint_says_what_differs(tmp_path, devices):
@@ -146,12 +190,24 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_good_checkpoint(tmp_path, 
   train_and_evaluate(fake_config(num_steps=2), tmp_path)
   diverging = fake_config(num_steps=50, **periods)
   diverging.data.std = (0.0,)   # infinite inputs from the next step on
-  with pytest.raises(FloatingPointError, match='at step 3'):
+  with pytest.raises(FloatingPointError, match=r'at step 3 .*the latest checkpoint, step 2, '
+                     r'holds the weights that gave it \(or its batch was bad\)'):
     train_and_evaluate(diverging, tmp_path)
   ckpt = Checkpointer(tmp_path)
   assert ckpt.latest_step() == 2
   ckpt.close()
   assert max(r['step'] for r in read_metrics(tmp_path)) == 2   # nothing logged from the NaN state
+
+
+def test_a_non_finite_loss_names_the_last_checkpoint_whose_losses_were_all_finite():
+  """The loss of step s is that of the weights after step s - 1: a checkpoint of step s - 1 holds
+  them, an earlier one is good."""
+  message = lambda saved: non_finite_loss_message(9, float('nan'), saved)
+  assert 'step 4, is the last good state' in message([2, 4])
+  assert 'step 8, holds the weights that gave it' in message([4, 8])
+  assert 'last good state is step 4: delete checkpoints/8' in message([4, 8])
+  assert 'no earlier checkpoint is kept' in message([8])
+  assert 'no checkpoint was written' in message([])
 
 
 # --- Whole processes: kill -9 and SIGTERM -------------------------------------------------------

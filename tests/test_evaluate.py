@@ -222,6 +222,25 @@ def test_eval_mode_writes_metrics_per_class_and_the_confusion_png(folder_dataset
   assert json.loads((tmp_path / 'eval_multi_scale-16_latest_1.json').read_text())['scales'] == [16]
 
 
+def test_a_run_whose_schedule_needs_its_epoch_length_evaluates_and_restores(tmp_path, devices):
+  """--mode=eval, predict and a distillation teacher rebuild a run's model without knowing its
+  epoch length; a schedule that only that length makes valid (decays at 0.5 and 0.75 of 3
+  epochs, which fall on one step at one step an epoch) is not checked against a made-up one."""
+  from resnet_jax.checkpoint import write_json
+  from resnet_jax.train.restore import restore_trained
+  from tests.helpers import fake_config
+  config = fake_config(num_steps=0, num_epochs=3)
+  config.schedule.update(name='multistep', unit='fraction', boundaries=(0.5, 0.75))
+  trainer, _, _ = create_trainer(config, train=False)
+  ckpt = Checkpointer(tmp_path)
+  ckpt.save(1, random_state(trainer), None, config)
+  ckpt.wait()
+  ckpt.close()
+  write_json(tmp_path / 'config.json', config.to_dict())
+  assert 0 <= evaluate_workdir(config, tmp_path)['eval/top1'] <= 1
+  assert restore_trained(tmp_path).step == 1
+
+
 def test_ten_crop_mirrors_only_where_training_flips():
   views = Protocol('ten_crop', 16, 18, (), flip=False).views(40, 30)
   assert len(views) == 5 and not any(flip for _, _, flip in views)

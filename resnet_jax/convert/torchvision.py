@@ -109,7 +109,7 @@ def write_checkpoint(variables: dict, arch: str, out: Path) -> None:
   config = imagenet_config(arch)
   config.dtype = 'float32'
   trainer = Trainer(config, parallel.create_mesh(), num_classes=1000,
-                    image_shape=(224, 224, 3), steps_per_epoch=1)
+                    image_shape=(224, 224, 3), steps_per_epoch=None)
   state = trainer.init_state()
   check_same_structure(variables, {'params': state.params, 'batch_stats': state.batch_stats})
   state = state.replace(**jax.device_put(variables, parallel.replicated(trainer.mesh)))

@@ -26,7 +26,7 @@ from resnet_jax.progress import Progress, format_end_summary, format_start_summa
 from resnet_jax.train.restore import with_teacher
 from resnet_jax.train.state import TrainState
 from resnet_jax.train.trainer import Trainer, create_trainer
-from resnet_jax.writers import MetricWriter
+from resnet_jax.writers import METRICS_FILE, MetricWriter, read_metrics
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -58,6 +58,18 @@ class EmaStatistics:
     stats = t.ema_batch_statistics(state, batch)
     self.sums = stats if self.sums is None else jax.tree.map(jnp.add, self.sums, stats)
     self.count += 1
+
+  def window(self) -> dict[str, Any] | None:
+    """What a checkpoint keeps of the batches observed for the next eval (None: none yet), so
+    that a run resumed inside the window recomputes the statistics as an uninterrupted one."""
+    if not self.count:
+      return None
+    return {'sums': self.sums, 'count': np.int32(self.count)}
+
+  def resume(self, window: dict[str, Any] | None) -> None:
+    """Continues the window that `window` (a restored `window()`) saved."""
+    if window is not None:
+      self.sums, self.count = window['sums'], int(window['count'])
 
   def recomputed(self, state: TrainState) -> TrainState:
     """`state` with the EMA statistics replaced by the mean of those observed since the last
@@ -107,24 +119,56 @@ def _warn_if_teacher_changed(run_info_path: Path, teacher: dict[str, Any] | None
                     same(teacher))
 
 
-def _checked(pending: list[tuple[int, dict]]) -> list[tuple[int, dict]]:
+def non_finite_loss_message(step: int, loss: float, saved_steps: list[int]) -> str:
+  """What a NaN or infinite loss at `step` leaves in a workdir whose checkpoints are of
+  `saved_steps` (ascending): which of them holds weights whose losses were all finite."""
+  where = (f'loss is {loss} at step {step} (the loss of the weights after step {step - 1} on its '
+           'batch); stopped without saving')
+  if not saved_steps:
+    advice = 'no checkpoint was written'
+  elif saved_steps[-1] < step - 1:
+    advice = (f'the latest checkpoint, step {saved_steps[-1]}, is the last good state (the losses '
+              'of its weights and of those after them were finite)')
+  else:
+    earlier = [s for s in saved_steps if s < step - 1]
+    advice = (f'the latest checkpoint, step {saved_steps[-1]}, holds the weights that gave it (or '
+              'its batch was bad); '
+              + (f'the last good state is step {earlier[-1]}: delete checkpoints/{saved_steps[-1]} '
+                 'to resume from it' if earlier else 'no earlier checkpoint is kept'))
+  return f'{where}: {advice}. Lower the learning rate or check the data.'
+
+
+def _checked(pending: list[tuple[int, dict]], ckpt: Checkpointer) -> list[tuple[int, dict]]:
   """The pending steps' metrics fetched to the host; raises on the first non-finite loss."""
   host = jax.device_get(pending)
   for step, metrics in host:
     if not np.isfinite(metrics['loss']):
-      raise NonFiniteLossError(
-          f'loss is {metrics["loss"]} at step {step}; stopped without saving: the latest '
-          'checkpoint in the workdir (its losses were all checked) is the last good state. '
-          'Lower the learning rate or check the data.')
+      ckpt.wait()   # a save under way counts among the checkpoints
+      raise NonFiniteLossError(non_finite_loss_message(step, metrics['loss'],
+                                                       sorted(ckpt.all_steps())))
   return host
 
 
-def _train_scalars(pending: list[tuple[int, dict]]) -> dict[str, float]:
+def _train_scalars(pending: list[tuple[int, dict]], ckpt: Checkpointer) -> dict[str, float]:
   """The checked metrics of the steps since the last log, averaged (the last learning rate)."""
-  host = [m for _, m in _checked(pending)]
+  host = [m for _, m in _checked(pending, ckpt)]
   return {'train/loss': float(np.mean([m['loss'] for m in host])),
           'train/top1': float(np.mean([m['top1'] for m in host])),
           'lr': float(host[-1]['lr'])}
+
+
+def best_logged_eval(workdir: Path, metric: str, up_to_step: int) -> dict[str, float]:
+  """The best eval in `workdir`'s metrics.jsonl up to `up_to_step` (a resumed run's earlier
+  evals, whose checkpoints may be gone), with its step; {} where there is none."""
+  if not up_to_step or not (workdir / METRICS_FILE).is_file():
+    return {}
+  best: dict[str, float] = {}
+  for record in read_metrics(workdir):
+    if metric in record and record['step'] <= up_to_step:
+      evaluated = {k: v for k, v in record.items() if k.startswith('eval/')}
+      if not best or is_better(evaluated, best, metric):
+        best = dict(evaluated, step=record['step'])
+  return best
 
 
 def _next_boundary(step: int, every: int, steps_per_epoch: int, total: int) -> int:
@@ -211,10 +255,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   profiler = profiling.StepProfiler(workdir, tuple(config.profile_steps))
   preemption = PreemptionWatcher()
   ema_statistics = EmaStatistics(trainer)
+  if start_step > 0:
+    ema_statistics.resume(ckpt.restore_ema_window(
+        start_step, {'sums': trainer.abstract_state.ema_batch_stats,
+                     'count': jax.ShapeDtypeStruct((), np.int32,
+                                                   sharding=parallel.replicated(trainer.mesh))}))
 
   pending: list[tuple[int, dict]] = []
   eval_metrics: dict[str, float] = {}
-  best: dict[str, float] = ckpt.best() or {}   # evals before a resume count too
+  best = best_logged_eval(workdir, config.best_metric, start_step)   # evals before a resume
   last_log_time, last_log_step = time.perf_counter(), start_step
   t0 = time.perf_counter()
   step = start_step
@@ -230,7 +279,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
       profiler.after_step(step, state)
       preempted = preemption.reached(step)
       if step % config.log_every_steps == 0 or step == total or preempted:
-        scalars = _train_scalars(pending)
+        scalars = _train_scalars(pending, ckpt)
         now = time.perf_counter()
         dt = (now - last_log_time) / max(step - last_log_step, 1)
         scalars.update(images_per_sec=config.batch_size / dt, step_time_ms=1000 * dt)
@@ -242,7 +291,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
           or _is_boundary(step, config.checkpoint_every_steps, trainer.steps_per_epoch, total)):
         # Never evaluate or checkpoint a state whose losses were not checked; the next log still
         # averages them.
-        pending = _checked(pending)
+        pending = _checked(pending, ckpt)
         if evaluated:
           state = ema_statistics.recomputed(state)
           eval_metrics = trainer.evaluate(state, eval_input)
@@ -252,7 +301,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
           if not best or is_better(eval_metrics, best, config.best_metric):
             best = dict(eval_metrics, step=step)
         ckpt.save(step, state, train_input.get_state(), config,
-                  eval_metrics if evaluated else None)
+                  eval_metrics if evaluated else None, ema_statistics.window())
         # The next logged rate measures training steps only, not this eval and checkpoint.
         last_log_time, last_log_step = time.perf_counter(), step
       if preempted:

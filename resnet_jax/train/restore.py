@@ -54,7 +54,7 @@ def restore_trained(workdir: str | Path, checkpoint: str = 'latest') -> TrainedM
     one_device = copy.deepcopy(config)
     one_device.update(batch_size=1, eval_batch_size=1)
     trainer = Trainer(one_device, parallel.local_mesh(1), num_classes=num_classes,
-                      image_shape=(size, size, channels), steps_per_epoch=1)
+                      image_shape=(size, size, channels), steps_per_epoch=None)
     state, _ = ckpt.restore(trainer.abstract_state, config, step)
   finally:
     ckpt.close()

@@ -52,8 +52,9 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], teacher_variables
   `teacher_model` (and its `teacher_variables`), the loss is distilled from its outputs on the
   same images (`distill.py`).
 
-  The state is frozen on a NaN or infinite loss (so a checkpoint written afterwards still holds
-  the last good state); the loop sees `loss` in the metrics and stops, naming the step.
+  The state is frozen on a NaN or infinite loss (nothing of that step reaches the weights, the
+  EMA or a checkpoint); the loop sees `loss` in the metrics and stops, naming the step. That
+  loss is the one of the weights the step starts from: they may be the last step's update.
   """
   rng = jax.random.fold_in(state.rng, state.step)
   images = prepare_images(batch['image'], rng, train=True, data_config=config.data,

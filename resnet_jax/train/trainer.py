@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 
 from resnet_jax import data, models, parallel
 from resnet_jax.train import mixing, optim
@@ -70,10 +71,15 @@ class BoundStep:
 
 
 class Trainer:
-  """What is built once per run: model, optimizer and the steps compiled over the mesh."""
+  """What is built once per run: model, optimizer and the steps compiled over the mesh.
+
+  `steps_per_epoch` None: a trainer to evaluate or restore a run, not to train it; its optimizer
+  gives the state's shapes (which no schedule changes) under a constant rate, so a schedule
+  that only the run's own epoch length makes valid is not checked against a made-up one.
+  """
 
   def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, *,
-               num_classes: int, image_shape: tuple[int, ...], steps_per_epoch: int,
+               num_classes: int, image_shape: tuple[int, ...], steps_per_epoch: int | None,
                teacher: 'TrainedModel | None' = None):
     parallel.check_batch_size(config.batch_size, mesh)
     parallel.check_batch_size(config.eval_batch_size, mesh, 'eval_batch_size')
@@ -84,9 +90,10 @@ class Trainer:
     self.num_classes = num_classes
     self.model = create_model_from_config(config, num_classes)
     self.image_shape = tuple(image_shape)
-    self.steps_per_epoch = steps_per_epoch
-    self.total_steps = total_train_steps(config, steps_per_epoch)
-    self.schedule = optim.create_schedule(config, steps_per_epoch, self.total_steps)
+    self.steps_per_epoch = steps_per_epoch or 1
+    self.total_steps = total_train_steps(config, self.steps_per_epoch)
+    self.schedule = (optim.create_schedule(config, steps_per_epoch, self.total_steps)
+                     if steps_per_epoch else optax.constant_schedule(0.0))
     self.tx = optim.create_optimizer(config, self.schedule)
     mixing.check_mixing(config.data)
     check_periods(config)
@@ -199,5 +206,5 @@ def create_trainer(config: ml_collections.ConfigDict, *, train: bool = True):
   train_input = data.create_input(config, mesh, train=True) if train else None
   trainer = Trainer(config, mesh, num_classes=eval_input.info.num_classes,
                     image_shape=tuple(eval_input.info.image_shape),
-                    steps_per_epoch=train_input.steps_per_epoch if train else 1)
+                    steps_per_epoch=train_input.steps_per_epoch if train else None)
   return trainer, train_input, eval_input
