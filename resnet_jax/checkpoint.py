@@ -40,8 +40,13 @@ class Checkpointer:
   """Saves and restores (state, data iterator state, config) under `workdir/checkpoints`."""
 
   def __init__(self, workdir: str | Path, *, keep: int = 2, keep_best: int = 1,
-               best_metric: str = 'eval/top1', async_save: bool = True):
+               best_metric: str = 'eval/top1', async_save: bool = True, create: bool = True):
+    """`create` False: to read a run's checkpoints, FileNotFoundError where it has none (and
+    no empty checkpoint directory made)."""
     self.directory = Path(workdir).absolute() / CHECKPOINT_DIR
+    if not create and not self.directory.is_dir():
+      raise FileNotFoundError(f'{self.directory} not found: {workdir} is not a run with a '
+                              'checkpoint')
     self.best_metric = best_metric
     policies = [ocp.checkpoint_managers.LatestN(n=max(keep, 1))]
     if keep_best:
@@ -55,7 +60,7 @@ class Checkpointer:
         best_fn=lambda m: m[best_metric],
         best_mode='min' if lower_is_better(best_metric) else 'max',
         enable_async_checkpointing=async_save,
-        create=True,
+        create=create,
     )
     try:
       self._manager = ocp.CheckpointManager(self.directory, options=options)

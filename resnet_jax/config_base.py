@@ -5,6 +5,8 @@ field that is not in it, misspelt in a config file (`c.optimizer.weight_decy = 5
 command line (`--config.optimizer.lrr=0.1`), is an error, not a silently ignored setting.
 """
 
+import json
+from pathlib import Path
 from typing import Any, Mapping
 
 import ml_collections
@@ -130,6 +132,17 @@ def base_config() -> ml_collections.ConfigDict:
   ))
   c.lock()
   return c
+
+
+def read_saved_config(path: Path) -> ml_collections.ConfigDict:
+  """`saved_config` of a run's `config.json` at `path`; a ValueError naming it where it is not
+  JSON."""
+  try:
+    values = json.loads(Path(path).read_text())
+  except json.JSONDecodeError as e:
+    raise ValueError(f'{path} is not valid JSON ({e}): a run writes it whole; was it edited or '
+                     'cut short?') from e
+  return saved_config(values, source=str(path))
 
 
 def saved_config(values: Mapping[str, Any],

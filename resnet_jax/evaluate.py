@@ -32,7 +32,7 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str | Path) -> 
   eval_protocols.Protocol.from_config(config)   # a bad protocol fails before any work
   which = config.eval.checkpoint
   ckpt = Checkpointer(workdir, keep=config.keep_checkpoints, keep_best=config.keep_best_checkpoints,
-                      best_metric=config.best_metric)
+                      best_metric=config.best_metric, create=False)
   step = ckpt.chosen_step(which)
   trainer, _, base_input = create_trainer(config, train=False)
   state, _ = ckpt.restore(trainer.abstract_state, config, step)

@@ -24,6 +24,7 @@ from typing import Any
 
 import ml_collections
 
+from resnet_jax.config_base import read_saved_config
 from resnet_jax.writers import flatten
 
 
@@ -83,12 +84,14 @@ def is_finished(workdir: Path) -> bool:
 
 def config_changes(workdir: Path, config: ml_collections.ConfigDict) -> list[str]:
   """The keys whose values differ between the config a point's workdir was run with (its
-  config.json) and `config`, as 'key: old -> new'; [] for a workdir not run yet."""
+  config.json, on this version's schema: a field added since counts at its default) and
+  `config`, as 'key: old -> new'; [] for a workdir not run yet."""
   saved_path = workdir / 'config.json'
   if not saved_path.exists():
     return []
-  saved = flatten(json.loads(saved_path.read_text()))
-  new = flatten(json.loads(json.dumps(config.to_dict(), default=str)))
+  flat = lambda c: flatten(json.loads(json.dumps(c.to_dict(), default=str)))
+  saved = flat(read_saved_config(saved_path))
+  new = flat(config)
   return [f'{k}: {saved.get(k)!r} -> {new.get(k)!r}' for k in sorted(saved.keys() | new.keys())
           if saved.get(k) != new.get(k)]
 
@@ -112,6 +115,9 @@ def run_sweep(spec: str, workdir: str | Path, extra: dict[str, Any] | None = Non
   with its checkpoint saved: the same command resumes it.
   """
   base, grid = load_sweep(spec)
+  if clash := sorted({key for point in grid for key in point} & set(extra or {})):
+    raise ValueError(f'--set {", ".join(clash)}: the grid of {spec} varies it, and a --set '
+                     'would make its points one run')
   workdir = Path(workdir)
   runs = [workdir / point_name(overrides) for overrides in grid]
   if len(set(runs)) < len(runs):

@@ -127,3 +127,16 @@ def test_a_saved_config_value_of_the_wrong_type_is_named(path, value, message):
   section[path[-1]] = value
   with pytest.raises(ValueError, match=r'run/config\.json: ' + re.escape(message)):
     saved_config(saved, source='run/config.json')
+
+
+def test_a_corrupt_config_json_or_a_run_without_a_checkpoint_is_named(tmp_path, devices):
+  from resnet_jax.evaluate import evaluate_workdir
+  from resnet_jax.train.restore import restore_trained
+  (tmp_path / 'config.json').write_text('{broken')
+  with pytest.raises(ValueError, match=re.escape(f'{tmp_path / "config.json"} is not valid JSON')):
+    restore_trained(tmp_path)
+  (tmp_path / 'config.json').write_text(json.dumps(base_config().to_dict()))
+  for read in (lambda: restore_trained(tmp_path), lambda: evaluate_workdir(base_config(), tmp_path)):
+    with pytest.raises(FileNotFoundError, match=f'{tmp_path / "checkpoints"} not found'):
+      read()
+  assert not (tmp_path / 'checkpoints').exists()   # not made by reading

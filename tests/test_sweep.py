@@ -89,6 +89,14 @@ def test_a_rerun_with_another_config_is_refused_naming_the_change(config_file, t
   assert sweep.main([f'--config={config_file}', f'--workdir={out}', '--set=num_steps=3']) == 1
   assert f'{out / POINTS[0]} was run with another config (num_steps: 2 -> 3)' in (
       capsys.readouterr().err)
+  # A point run before a field was added to the schema (its config.json lacks it) is the same
+  # config where this version's default is asked for.
+  saved_path = out / POINTS[0] / 'config.json'
+  saved = json.loads(saved_path.read_text())
+  del saved['data']['nvimgcodec_backends']
+  saved_path.write_text(json.dumps(saved))
+  assert sweep.main([f'--config={config_file}', f'--workdir={out}']) == 0
+  assert f'{POINTS[0]}: finished before, not run again' in capsys.readouterr().out
 
 
 @pytest.mark.usefixtures('rbg_keys')
@@ -177,3 +185,7 @@ def test_bad_override_is_an_error_naming_it(config_file, tmp_path, capsys):
   assert not (tmp_path / POINTS[0]).exists()   # found before the first point trains
   assert sweep.main([f'--config={config_file}', f'--workdir={tmp_path}', '--set=batch_size=x']) == 1
   assert 'batch_size' in capsys.readouterr().err
+  config_file.write_text(SWEEP_CONFIG)
+  assert sweep.main([f'--config={config_file}', f'--workdir={tmp_path}',
+                     '--set=model.name=small_plain']) == 1   # would make both points one run
+  assert '--set model.name: the grid of' in capsys.readouterr().err

@@ -3,7 +3,6 @@ predict and for distillation), and the distillation teacher of a config (`load_t
 
 import copy
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +11,8 @@ import ml_collections
 from absl import logging
 
 from resnet_jax import parallel
-from resnet_jax.checkpoint import CHECKPOINT_DIR, Checkpointer
-from resnet_jax.config_base import saved_config
+from resnet_jax.checkpoint import Checkpointer
+from resnet_jax.config_base import read_saved_config
 from resnet_jax.models.summary import count_params
 from resnet_jax.train import distill
 from resnet_jax.train.state import eval_variables
@@ -38,11 +37,10 @@ def restore_trained(workdir: str | Path, checkpoint: str = 'latest') -> TrainedM
   config_file = workdir / 'config.json'
   if not config_file.is_file():
     raise FileNotFoundError(f'{config_file} not found: {workdir} is not a training run directory')
-  if not (workdir / CHECKPOINT_DIR).is_dir():
-    raise FileNotFoundError(f'{workdir / CHECKPOINT_DIR} not found: the run has no checkpoint')
-  config = saved_config(json.loads(config_file.read_text()), source=str(config_file))
+  config = read_saved_config(config_file)
   ckpt = Checkpointer(workdir, keep=config.keep_checkpoints,
-                      keep_best=config.keep_best_checkpoints, best_metric=config.best_metric)
+                      keep_best=config.keep_best_checkpoints, best_metric=config.best_metric,
+                      create=False)
   try:
     step = ckpt.chosen_step(checkpoint)
     params = ckpt.saved_arrays(step)['params']
