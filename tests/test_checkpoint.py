@@ -154,6 +154,13 @@ def test_the_summary_best_counts_the_evals_before_a_resume_whose_checkpoints_are
   assert not (tmp_path / 'checkpoints' / '2').exists()
 
 
+def test_keeping_no_latest_checkpoint_is_refused(tmp_path):
+  with pytest.raises(ValueError, match='keep_checkpoints=0 .* at least its latest'):
+    Checkpointer(tmp_path, keep=0)
+  with pytest.raises(ValueError, match='keep_best_checkpoints=-1'):
+    Checkpointer(tmp_path, keep_best=-1)
+
+
 def test_mismatched_checkpoint_says_what_differs(tmp_path, devices):
   train_and_evaluate(fake_config(num_steps=2), tmp_path)
   other = fake_config(num_steps=4)

@@ -2,6 +2,7 @@
 
 import concurrent.futures
 import json
+import logging
 import threading
 import time
 
@@ -250,6 +251,14 @@ def test_multistep_schedule(unit, boundaries, expected):
   schedule = optim.create_schedule(c, steps_per_epoch=10, total_steps=100)
   for step, lr in expected.items():
     assert float(schedule(step)) == pytest.approx(lr), step
+
+
+def test_multistep_boundaries_past_the_end_are_logged(caplog):
+  c = tiny_config()
+  c.schedule.update(name='multistep', unit='epochs', boundaries=(3, 30, 60))
+  with caplog.at_level(logging.WARNING):
+    optim.create_schedule(c, steps_per_epoch=10, total_steps=200)   # 20 epochs
+  assert '[30, 60] (epochs) fall at or after the last step (200)' in caplog.text
 
 
 def test_warmup_then_cosine():

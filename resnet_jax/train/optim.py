@@ -3,6 +3,7 @@
 import jax
 import ml_collections
 import optax
+from absl import logging
 
 
 def peak_learning_rate(config: ml_collections.ConfigDict) -> float:
@@ -32,6 +33,9 @@ def create_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int,
     if len(set(steps)) < len(steps) or min(steps, default=0) < 0:
       raise ValueError(f'schedule.boundaries {tuple(s.boundaries)} ({s.unit}) fall on the same '
                        f'step or inside the warmup ({warmup} steps): decays would be lost')
+    if late := [b for b, step in zip(s.boundaries, steps) if step + warmup >= total_steps]:
+      logging.warning('schedule.boundaries %s (%s) fall at or after the last step (%d): those '
+                      'decays never happen in this run', late, s.unit, total_steps)
     main = optax.piecewise_constant_schedule(peak, {step: s.decay_factor for step in steps})
   elif s.name == 'cosine':
     main = optax.cosine_decay_schedule(peak, decay_steps)
