@@ -156,6 +156,13 @@ def test_prepare_splits_a_deterministic_fraction(tmp_path):
             == (tmp_path / 'two' / f'{split}.array_record').read_bytes())
 
 
+def test_a_large_val_fraction_keeps_an_image_of_each_class_for_train(tmp_path):
+  root = write_image_folder(tmp_path / 'root', {'a': 4, 'b': 1})
+  splits = prepare.prepare(root, tmp_path / 'out', val_fraction=0.8)['splits']
+  assert splits['val']['class_counts'] == {'a': 3, 'b': 0}
+  assert splits['train']['class_counts'] == {'a': 1, 'b': 1}
+
+
 def test_prepare_shrinks_large_images(tmp_path):
   root = write_image_folder(tmp_path / 'root', {'a': 3}, size=(80, 60))
   prepare.prepare(root, tmp_path / 'out', val_fraction=0, image_size_max=30)
@@ -225,6 +232,14 @@ def test_folder_source_bad_inputs(tmp_path):
   prepare.prepare(root, tmp_path / 'out', val_fraction=0.4)
   with pytest.raises(ValueError, match=r"split 'test' is not in .*train, val"):
     load_folder_split('test', str(tmp_path / 'out'))
+  metadata_file = tmp_path / 'out' / folder_format.METADATA_FILE
+  metadata = json.loads(metadata_file.read_text())
+  metadata_file.write_text(json.dumps({k: v for k, v in metadata.items() if k != 'splits'}))
+  with pytest.raises(ValueError, match=f'{metadata_file} lacks splits'):
+    load_folder_split('train', str(tmp_path / 'out'))
+  metadata_file.write_text('[]')
+  with pytest.raises(ValueError, match="format 'list'"):
+    load_folder_split('train', str(tmp_path / 'out'))
   with pytest.raises(ValueError, match='data_dir'):
     load_folder_split('train', '')
   image = Image.open(root / 'train' / 'a' / '0.jpg')

@@ -52,6 +52,9 @@ def read_metadata(directory: Path) -> dict[str, Any]:
     metadata = json.loads(path.read_text())
   except json.JSONDecodeError as e:
     raise ValueError(f'{path} is not valid JSON ({e}); prepare the dataset again') from e
-  if metadata.get('format') != FORMAT:
-    raise ValueError(f'{path}: format {metadata.get("format")!r}, expected {FORMAT!r}')
+  if not isinstance(metadata, dict) or metadata.get('format') != FORMAT:
+    found = metadata.get('format') if isinstance(metadata, dict) else type(metadata).__name__
+    raise ValueError(f'{path}: format {found!r}, expected {FORMAT!r}')
+  if missing := [k for k in ('class_names', 'splits') if k not in metadata]:
+    raise ValueError(f'{path} lacks {" and ".join(missing)}; prepare the dataset again')
   return metadata

@@ -57,13 +57,13 @@ def pick_val(files: list[Path], root: Path, fraction: float) -> set[Path]:
   """round(fraction * n) files of one class, those with the smallest hash of their ROOT path.
 
   Deterministic for a given set of files; adding files can move others between val and train,
-  so compare models only on one preparation. A class of two or more images gives at least one
-  to val and keeps at least one for train.
+  so compare models only on one preparation. Every class keeps at least one image for train, and
+  one of two or more images gives at least one to val.
   """
   n = len(files)
-  k = round(fraction * n)
+  k = min(round(fraction * n), max(n - 1, 0))
   if fraction > 0 and n > 1:
-    k = min(max(k, 1), n - 1)
+    k = max(k, 1)
   by_hash = sorted(files, key=lambda f: hashlib.sha1(str(f.relative_to(root)).encode()).digest())
   return set(by_hash[:k])
 
