@@ -6,9 +6,10 @@
 #
 # Process i sees only GPU i (CUDA_VISIBLE_DEVICES) and joins the coordinator at
 # 127.0.0.1:$PORT (default 12355). Logs go to WORKDIR/process_<i>.log; the script waits for all
-# processes and fails if any fails.
+# processes, and when one fails it stops the others (left alone, they would wait for it in
+# their next collective) and fails.
 set -euo pipefail
-usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 [ $# -ge 3 ] || usage
 n=$1; config=$2; workdir=$3; shift 3
 [[ "$n" =~ ^[1-9][0-9]*$ ]] || { echo "NUM_PROCESSES must be a positive integer, got '$n'" >&2; usage; }
@@ -23,11 +24,11 @@ for ((i = 0; i < n; i++)); do
     >"$workdir/process_$i.log" 2>&1 &
   pids+=($!)
 done
-status=0
-for i in "${!pids[@]}"; do
-  if ! wait "${pids[$i]}"; then
-    echo "process $i failed; see $workdir/process_$i.log" >&2
-    status=1
+for ((i = 0; i < n; i++)); do
+  if ! wait -n; then
+    kill -9 "${pids[@]}" 2>/dev/null || true   # checkpoints are atomic: the latest stays whole
+    wait || true
+    echo "a process failed, the others were stopped; see $workdir/process_*.log" >&2
+    exit 1
   fi
 done
-exit $status

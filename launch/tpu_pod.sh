@@ -7,8 +7,8 @@
 #   launch/tpu_pod.sh train NAME ZONE CONFIG WORKDIR [--config.x=y ...]
 #   launch/tpu_pod.sh stop NAME ZONE
 #
-# `train` runs the same command on every worker (--worker=all); jax.distributed.initialize()
-# finds the pod by itself. WORKDIR must be a path all workers share (a gcsfuse-mounted bucket or
+# `train` runs the same command on every worker (--worker=all) with --distributed, so that
+# jax.distributed.initialize() finds the pod by itself (from the TPU VM's metadata server). WORKDIR must be a path all workers share (a gcsfuse-mounted bucket or
 # a Filestore share; gs:// URLs themselves are not supported yet):
 # orbax writes checkpoints from every host. Preemptible/spot slices get SIGTERM before they are
 # taken: the trainer saves a checkpoint and exits 0; run `train` again to resume.
@@ -37,7 +37,8 @@ case "$cmd" in
   train)
     [ $# -ge 2 ] || usage
     config=$1; workdir=$2; shift 2
-    ssh_all "cd resnet_jax && python -m resnet_jax.main --config=$config --workdir=$workdir $*"
+    ssh_all "cd resnet_jax && python -m resnet_jax.main --distributed --config=$config \
+      --workdir=$workdir $*"
     ;;
   stop)
     gcloud compute tpus queued-resources delete "$name" --zone="$zone" --force --quiet 2>/dev/null \

@@ -15,8 +15,8 @@ import ml_collections
 import numpy as np
 from matplotlib.figure import Figure
 
-from resnet_jax import eval_protocols, plots, runtime
-from resnet_jax.checkpoint import Checkpointer, write_json
+from resnet_jax import eval_protocols, parallel, plots, runtime
+from resnet_jax.checkpoint import Checkpointer, check_shared_directory, write_json
 from resnet_jax.train.trainer import create_trainer
 
 _LABELLED_CLASSES = 30   # more classes: no tick labels
@@ -27,8 +27,10 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str | Path) -> 
   """Restores the checkpoint chosen by `config.eval.checkpoint` and evaluates it."""
   runtime.configure(config)
   workdir = Path(workdir)
-  if not workdir.is_dir():
-    raise FileNotFoundError(f'workdir {workdir} does not exist')
+  if missing := parallel.processes_without(workdir.is_dir()):   # every process fails together
+    raise FileNotFoundError(f'workdir {workdir} does not exist'
+                            + (f' for process(es) {missing}' if jax.process_count() > 1 else ''))
+  check_shared_directory(workdir)
   eval_protocols.Protocol.from_config(config)   # a bad protocol fails before any work
   which = config.eval.checkpoint
   ckpt = Checkpointer(workdir, keep=config.keep_checkpoints, keep_best=config.keep_best_checkpoints,

@@ -23,6 +23,9 @@ _COORDINATOR = flags.DEFINE_string(
     'TPU pods and SLURM (or JAX_COORDINATOR_ADDRESS).')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', 0, 'Process count (or JAX_NUM_PROCESSES).')
 _PROCESS_ID = flags.DEFINE_integer('process_id', -1, 'This process (or JAX_PROCESS_ID).')
+_DETECT = flags.DEFINE_bool(
+    'distributed', False, 'Join a multi-process job whose cluster JAX detects itself (Cloud TPU '
+    'VM slices: launch/tpu_pod.sh passes it; SLURM and GKE are detected without it).')
 _INIT_TIMEOUT = flags.DEFINE_integer('distributed_timeout', 300,
                                      'Seconds to wait for the coordinator.')
 flags.mark_flags_as_required(['config', 'workdir'])
@@ -35,7 +38,7 @@ def main(argv: list[str]) -> int:
   if not isinstance(config, ml_collections.ConfigDict):
     config.to_dict()   # a config file that failed to load raises its error on first use
   parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
-                                  _INIT_TIMEOUT.value)
+                                  _INIT_TIMEOUT.value, detect=_DETECT.value)
   # Imported after distributed start-up (nothing may touch the devices before it), and only the
   # mode's own modules: imports are part of a short run's wall time.
   if _MODE.value == 'train':

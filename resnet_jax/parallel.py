@@ -101,12 +101,15 @@ def is_main_process() -> bool:
 
 
 def initialize_distributed(coordinator: str = '', num_processes: int = 0, process_id: int = -1,
-                           timeout_s: int = 300) -> None:
+                           timeout_s: int = 300, detect: bool = False) -> None:
   """Starts JAX's multi-process runtime when the job has several processes.
 
-  TPU pods and SLURM are detected by JAX itself; elsewhere the coordinator, process count and
-  process id come from the arguments or from JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and
-  JAX_PROCESS_ID. A single process needs none of this and nothing is done.
+  JAX finds the cluster itself under SLURM (several tasks), on GKE TPU slices and multislice
+  jobs (their environment variables), and with `detect` anywhere it knows (Cloud TPU VM slices,
+  found through the metadata server: launch/tpu_pod.sh passes --distributed). Elsewhere the
+  coordinator, process count and process id come from the arguments or from
+  JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID. A single process needs none of
+  this and nothing is done.
   """
   coordinator = coordinator or os.environ.get('JAX_COORDINATOR_ADDRESS', '')
   num_processes = num_processes or int(os.environ.get('JAX_NUM_PROCESSES', '0'))
@@ -114,7 +117,12 @@ def initialize_distributed(coordinator: str = '', num_processes: int = 0, proces
     process_id = int(os.environ.get('JAX_PROCESS_ID', '-1'))
   managed = 'SLURM_NTASKS' in os.environ and int(os.environ['SLURM_NTASKS']) > 1
   managed |= 'TPU_WORKER_HOSTNAMES' in os.environ or 'MEGASCALE_COORDINATOR_ADDRESS' in os.environ
+  managed |= detect
   if not coordinator and not managed:
+    if num_processes > 1 or process_id >= 0:   # else each would train alone in one workdir
+      raise ValueError(f'a process count ({num_processes}) or id ({process_id}) without a '
+                       'coordinator: give --coordinator_address (or JAX_COORDINATOR_ADDRESS), '
+                       'or --distributed where JAX detects the cluster')
     return
   kwargs = {}
   if coordinator:

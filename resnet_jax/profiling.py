@@ -34,9 +34,14 @@ def parse_profile_steps(profile_steps: tuple[int, int] | list[int]) -> tuple[int
 class StepProfiler:
   """Starts `jax.profiler` before step `first` and stops it after step `last`."""
 
-  def __init__(self, workdir: str | Path, profile_steps: tuple[int, int] | list[int]):
+  def __init__(self, workdir: str | Path, profile_steps: tuple[int, int] | list[int], *,
+               process_index: int = 0, process_count: int = 1):
+    """Traces into `workdir/profile`, or `workdir/profile/process_<i>` in a multi-process job
+    (the profiler names a trace after its host and second: processes of one host collide)."""
     self.range = parse_profile_steps(profile_steps)
     self.logdir = Path(workdir) / 'profile'
+    if process_count > 1:
+      self.logdir /= f'process_{process_index}'
     self.active = False
     self.done = False
 

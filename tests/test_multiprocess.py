@@ -17,6 +17,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import pytest
 
 from resnet_jax import parallel
 from resnet_jax.checkpoint import Checkpointer
@@ -184,9 +185,31 @@ def test_unreachable_coordinator_fails_in_bounded_time_naming_it(tmp_path):
   assert time.monotonic() - start < 30
 
 
+def test_joining_a_job_needs_a_coordinator_or_a_cluster_jax_detects(monkeypatch):
+  """A process count or id alone is refused (each process would train alone in one workdir);
+  --distributed lets JAX find the cluster (Cloud TPU VM slices) with no address given."""
+  for variable in ('SLURM_NTASKS', 'TPU_WORKER_HOSTNAMES', 'MEGASCALE_COORDINATOR_ADDRESS',
+                   'JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES', 'JAX_PROCESS_ID'):
+    monkeypatch.delenv(variable, raising=False)
+  calls = []
+  monkeypatch.setattr(jax.distributed, 'initialize', lambda **kwargs: calls.append(kwargs))
+  for count, index in ((2, -1), (0, 1)):
+    with pytest.raises(ValueError, match='without a coordinator'):
+      parallel.initialize_distributed(num_processes=count, process_id=index)
+  parallel.initialize_distributed()   # one process: nothing to join
+  assert calls == []
+  parallel.initialize_distributed(detect=True, timeout_s=7)
+  assert calls == [{'initialization_timeout': 7}]
+
+
 def test_a_workdir_that_is_not_shared_is_refused(tmp_path):
   data_dir = write_idx_dataset(tmp_path / 'data', num_train=64, num_test=32)
   workdirs = [tmp_path / f'host{i}' for i in range(NUM_PROCESSES)]   # as on two unshared disks
   for status, out in run_processes(workdirs, data_dir, 1, tmp_path):
     assert status == 1 and 'is not shared: process(es) [1] do not see' in out, out[-2000:]
   assert not any((w / 'checkpoints').exists() for w in workdirs)
+  # --mode=eval: every process fails at once, naming the cause (no process left waiting).
+  for eval_workdirs, message in (([workdirs[0], tmp_path / 'nowhere'], 'for process(es) [1]'),
+                                 (workdirs, 'is not shared: process(es) [1]')):
+    for status, out in run_processes(eval_workdirs, data_dir, 1, tmp_path, ('--mode=eval',)):
+      assert status == 1 and message in out, out[-2000:]

@@ -433,6 +433,9 @@ def test_profiler_traces_the_range(tmp_path):
   p.close()
   assert started == [False, True, True, False, False]
   assert any(f.is_file() for f in (tmp_path / 'profile').rglob('*'))
+  # The processes of one host would write one file (the trace is named by host and second).
+  assert (profiling.StepProfiler(tmp_path, (2, 3), process_index=1, process_count=2).logdir
+          == tmp_path / 'profile' / 'process_1')
 
 
 @pytest.mark.parametrize('kernel, category', [

@@ -132,6 +132,8 @@ def test_a_saved_config_value_of_the_wrong_type_is_named(path, value, message):
 def test_a_corrupt_config_json_or_a_run_without_a_checkpoint_is_named(tmp_path, devices):
   from resnet_jax.evaluate import evaluate_workdir
   from resnet_jax.train.restore import restore_trained
+  with pytest.raises(FileNotFoundError, match='nowhere does not exist'):
+    evaluate_workdir(base_config(), tmp_path / 'nowhere')
   (tmp_path / 'config.json').write_text('{broken')
   with pytest.raises(ValueError, match=re.escape(f'{tmp_path / "config.json"} is not valid JSON')):
     restore_trained(tmp_path)

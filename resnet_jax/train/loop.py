@@ -252,7 +252,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   if main:
     print(format_start_summary(info), flush=True)
   progress = Progress(total, enabled=main, initial_step=start_step)
-  profiler = profiling.StepProfiler(workdir, tuple(config.profile_steps))
+  profiler = profiling.StepProfiler(workdir, tuple(config.profile_steps),
+                                    process_index=jax.process_index(),
+                                    process_count=jax.process_count())
   preemption = PreemptionWatcher()
   ema_statistics = EmaStatistics(trainer)
   if start_step > 0:

@@ -1,0 +1,41 @@
+"""The launch scripts' own logic, with a stand-in `python` on PATH (no training)."""
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+FAKE_PYTHON = '''#!/usr/bin/env bash
+# Processes 0 and 2 would run for a minute (their pids written to PIDS/); process 1 fails once
+# they have started.
+for arg in "$@"; do
+  case "$arg" in
+    --process_id=1)
+      for _ in $(seq 100); do [ -f PIDS/0 ] && [ -f PIDS/2 ] && break; sleep 0.1; done
+      echo "error: process 1 broke"; exit 3 ;;
+    --process_id=*) id=${arg#--process_id=}; echo $$ > PIDS/$id.tmp && mv PIDS/$id.tmp PIDS/$id ;;
+  esac
+done
+exec sleep 60
+'''
+
+
+def test_multiprocess_local_stops_the_others_when_one_fails(tmp_path):
+  bin_dir, pids = tmp_path / 'bin', tmp_path / 'pids'
+  bin_dir.mkdir()
+  pids.mkdir()
+  (bin_dir / 'python').write_text(FAKE_PYTHON.replace('PIDS', str(pids)))
+  (bin_dir / 'python').chmod(0o755)
+  start = time.monotonic()
+  r = subprocess.run(
+      ['bash', 'launch/multiprocess_local.sh', '3', 'configs/fake.py', str(tmp_path / 'run')],
+      cwd=ROOT, env=dict(os.environ, PATH=f'{bin_dir}:{os.environ["PATH"]}', JAX_PLATFORMS='cpu'),
+      capture_output=True, text=True, timeout=50)
+  assert r.returncode == 1 and 'a process failed, the others were stopped' in r.stderr
+  assert time.monotonic() - start < 20   # not the others' minute
+  assert 'process 1 broke' in (tmp_path / 'run' / 'process_1.log').read_text()
+  for i in (0, 2):   # started, and gone
+    pid = int((pids / str(i)).read_text())
+    assert not Path(f'/proc/{pid}').exists() or 'zombie' in Path(f'/proc/{pid}/status').read_text()
