@@ -4,7 +4,8 @@
 
 Trains `small_resnet` for 40 steps of batch 64 on random 32x32 images; on a 2-core CPU it
 finishes in well under a minute and writes the usual workdir (checkpoints, metrics, plots).
-The loss is not expected to fall much: the labels are random.
+The labels are random: the training loss falls as the model memorises the 1,024 examples, the
+eval accuracy stays at chance.
 """
 
 from resnet_jax.config_base import base_config

@@ -13,10 +13,14 @@ or a model name (`:resnet34`, `:resnet50`, ...).
 """
 
 from resnet_jax.config_base import base_config
+from resnet_jax.models.registry import model_names
 
 
 def get_config(arg: str | None = None):
   arg = arg or 'resnet18'
+  if arg != 'small' and arg not in model_names():
+    raise ValueError(f'configs/image_folder.py:{arg}: the variant is small or a model name '
+                     f'({", ".join(model_names())})')
   c = base_config()
   c.data.source = 'folder'
   c.data.data_dir = ''   # set with --config.data.data_dir: the output of data.prepare

@@ -6,6 +6,7 @@ command line (`--config.optimizer.lrr=0.1`), is an error, not a silently ignored
 """
 
 import json
+import sys
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -127,11 +128,50 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.eval = ml_collections.ConfigDict(dict(   # --mode=eval; training evals are centre crops
       protocol='center_crop',  # 'center_crop' | 'ten_crop' | 'padded_ten_crop' | 'multi_scale'
-      scales=(224, 256, 384, 480, 640),
+      scales=(),               # multi_scale's image sides; () = the paper's 224, 256, 384,
+                               # 480, 640 in proportion to data.image_size
       checkpoint='latest',     # 'latest' | 'best'
   ))
   c.lock()
   return c
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, for `app.run(main, flags_parser=parse_flags)`: a config field that the
+  schema lacks (in a --config.a.b override or the config file) ends the program with one line
+  naming it, not a traceback."""
+  from absl import app
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError) as e:   # ml_collections' locked ConfigDict: no such field
+    while isinstance(e, BaseException) and e.args:   # ml_collections wraps a KeyError's text
+      e = e.args[0]
+    print(f'error: unknown config field {str(e).replace(chr(10), "; ")}', file=sys.stderr)
+    sys.exit(1)
+
+
+def config_changes(saved_path: Path, config: ml_collections.ConfigDict) -> list[str]:
+  """The fields whose values differ between a run's `config.json` at `saved_path` (on this
+  version's schema: a field added since counts at its default) and `config`, as
+  'key: old -> new'; [] where there is no such file yet."""
+  if not saved_path.exists():
+    return []
+  flat = lambda c: flatten(json.loads(json.dumps(c.to_dict(), default=str)))
+  saved, new = flat(read_saved_config(saved_path)), flat(config)
+  return [f'{k}: {saved.get(k)!r} -> {new.get(k)!r}' for k in sorted(saved.keys() | new.keys())
+          if saved.get(k) != new.get(k)]
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
+  """{'a': {'b': 1}} -> {'a.b': 1}."""
+  out: dict[str, Any] = {}
+  for key, value in tree.items():
+    name = f'{prefix}{key}'
+    if isinstance(value, Mapping):
+      out.update(flatten(value, name + '.'))
+    else:
+      out[name] = value
+  return out
 
 
 def read_saved_config(path: Path) -> ml_collections.ConfigDict:

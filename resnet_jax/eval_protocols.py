@@ -55,6 +55,7 @@ from resnet_jax.train.state import TrainState, eval_variables
 from resnet_jax.train.steps import topk_correct
 
 PROTOCOLS = ('center_crop', 'ten_crop', 'padded_ten_crop', 'multi_scale')
+PAPER_SCALES = (224, 256, 384, 480, 640)   # multi-scale testing of 224 crops (Sec. 3.4)
 View = tuple[Box, int, bool]   # (box in source pixels, output side, horizontal flip)
 
 
@@ -84,8 +85,10 @@ class Protocol:
       raise ValueError(f"eval.protocol padded_ten_crop shifts crops as training's pad-crop does "
                        f"(data.augment='cifar'); this config trains with data.augment="
                        f"{config.data.augment!r}")
-    return cls(config.eval.protocol, config.data.image_size, config.data.eval_resize,
-               tuple(int(s) for s in config.eval.scales),
+    size = config.data.image_size
+    scales = (tuple(int(s) for s in config.eval.scales)
+              or tuple(round(s * size / 224) for s in PAPER_SCALES))
+    return cls(config.eval.protocol, size, config.data.eval_resize, scales,
                flip=config.data.hflip and config.data.augment != 'none',
                pad=config.data.pad)
 

@@ -31,7 +31,7 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str | Path) -> 
     raise FileNotFoundError(f'workdir {workdir} does not exist'
                             + (f' for process(es) {missing}' if jax.process_count() > 1 else ''))
   check_shared_directory(workdir)
-  eval_protocols.Protocol.from_config(config)   # a bad protocol fails before any work
+  protocol = eval_protocols.Protocol.from_config(config)   # a bad one fails before any work
   which = config.eval.checkpoint
   ckpt = Checkpointer(workdir, keep=config.keep_checkpoints, keep_best=config.keep_best_checkpoints,
                       best_metric=config.best_metric, create=False)
@@ -47,8 +47,8 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str | Path) -> 
                  checkpoint=which, protocol=config.eval.protocol)
   tag = config.eval.protocol   # with the settings that change its views
   if config.eval.protocol == 'multi_scale':
-    results['scales'] = list(config.eval.scales)
-    tag += '-' + '-'.join(map(str, config.eval.scales))
+    results['scales'] = list(protocol.scales)
+    tag += '-' + '-'.join(map(str, protocol.scales))
   if config.eval.protocol == 'padded_ten_crop':
     results['pad'] = config.data.pad
     tag += f'-pad{config.data.pad}'

@@ -12,6 +12,8 @@ import ml_collections
 from ml_collections import config_flags
 
 from resnet_jax import parallel
+from resnet_jax.config_base import parse_flags
+from resnet_jax.progress import own_info_logs_only
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (path[:variant]).',
                                           lock_config=True)
@@ -51,8 +53,9 @@ def main(argv: list[str]) -> int:
 
 
 def run() -> None:
+  own_info_logs_only()
   try:
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)
   except (ValueError, OSError, FloatingPointError) as e:  # bad input, files, NaN: no traceback
     logging.error('%s', e)
     print(f'error: {e}', file=sys.stderr)

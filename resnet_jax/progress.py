@@ -11,11 +11,29 @@ Progress (processes other than 0) prints nothing. The ETA comes from the mean ra
 update, so compilation does not count. The format_* functions are pure.
 """
 
+import logging
 import shutil
 import sys
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, TextIO
+
+from absl import logging as absl_logging
+
+_PACKAGE = str(Path(__file__).resolve().parent)
+
+
+def _own_or_warning(record: logging.LogRecord) -> bool:
+  return record.levelno >= logging.WARNING or record.pathname.startswith(_PACKAGE)
+
+
+def own_info_logs_only() -> None:
+  """Below WARNING, the absl log shows this package's lines only: orbax writes a dozen INFO
+  lines per checkpoint (most of a short run's log), which drowned the run's own."""
+  handler = absl_logging.get_absl_handler()
+  if _own_or_warning not in handler.filters:
+    handler.addFilter(_own_or_warning)
 
 
 def format_duration(seconds: float) -> str:

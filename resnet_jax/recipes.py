@@ -167,7 +167,6 @@ def imagenet_recipe(arg: str | None = None) -> ml_collections.ConfigDict:
     c.schedule.boundaries = (30, 60, 90)
   c.log_every_steps = 100
   c.checkpoint_every_steps = 5000
-  c.eval.scales = (224, 256, 384, 480, 640)
   return c
 
 

@@ -24,8 +24,8 @@ from typing import Any
 
 import ml_collections
 
-from resnet_jax.config_base import read_saved_config
-from resnet_jax.writers import flatten
+from resnet_jax.config_base import config_changes
+from resnet_jax.progress import own_info_logs_only
 
 
 def load_sweep(spec: str) -> tuple[ml_collections.ConfigDict, list[dict[str, Any]]]:
@@ -82,20 +82,6 @@ def is_finished(workdir: Path) -> bool:
   return summary.exists() and not json.loads(summary.read_text()).get('preempted', False)
 
 
-def config_changes(workdir: Path, config: ml_collections.ConfigDict) -> list[str]:
-  """The keys whose values differ between the config a point's workdir was run with (its
-  config.json, on this version's schema: a field added since counts at its default) and
-  `config`, as 'key: old -> new'; [] for a workdir not run yet."""
-  saved_path = workdir / 'config.json'
-  if not saved_path.exists():
-    return []
-  flat = lambda c: flatten(json.loads(json.dumps(c.to_dict(), default=str)))
-  saved = flat(read_saved_config(saved_path))
-  new = flat(config)
-  return [f'{k}: {saved.get(k)!r} -> {new.get(k)!r}' for k in sorted(saved.keys() | new.keys())
-          if saved.get(k) != new.get(k)]
-
-
 def command_for(spec: str, workdir: Path, overrides: dict[str, Any]) -> str:
   args = ['python', '-m', 'resnet_jax.main', f'--config={spec}', f'--workdir={workdir}']
   args += [f'--config.{k}={v}' for k, v in overrides.items()]
@@ -130,7 +116,7 @@ def run_sweep(spec: str, workdir: str | Path, extra: dict[str, Any] | None = Non
     return runs
 
   for sub, config in zip(runs, configs):
-    if changes := config_changes(sub, config):
+    if changes := config_changes(sub / 'config.json', config):
       raise ValueError(f'{sub} was run with another config ({"; ".join(changes[:3])}'
                        f'{"; ..." if len(changes) > 3 else ""}): its results would be reused or '
                        'resumed under this one; use another --workdir, or the same sweep and --set')
@@ -172,6 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
                       help='override for every point, e.g. --set=num_epochs=1 (repeatable)')
   args = parser.parse_args(argv)
+  own_info_logs_only()
   try:
     run_sweep(args.config, args.workdir, parse_set(args.set), args.print_commands)
   except (ValueError, KeyError, TypeError, OSError, SweepError) as e:

@@ -34,6 +34,8 @@ from typing import Any
 import numpy as np
 from absl import logging
 
+from resnet_jax.config_base import flatten
+
 METRICS_FILE = 'metrics.jsonl'
 _RESERVED = ('step', 'epoch', 'time')
 _PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
@@ -97,18 +99,6 @@ def _keep_until(path: Path, step: int) -> list[dict[str, Any]]:
     partial.write_text(kept)
     os.replace(partial, path)
   return [record for _, record in lines]
-
-
-def flatten(tree: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
-  """{'a': {'b': 1}} -> {'a.b': 1}."""
-  out: dict[str, Any] = {}
-  for key, value in tree.items():
-    name = f'{prefix}{key}'
-    if isinstance(value, Mapping):
-      out.update(flatten(value, name + '.'))
-    else:
-      out[name] = value
-  return out
 
 
 def hparam_value(value: Any) -> bool | int | float | str | None:

@@ -3,6 +3,7 @@
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -154,6 +155,19 @@ def test_the_summary_best_counts_the_evals_before_a_resume_whose_checkpoints_are
   assert not (tmp_path / 'checkpoints' / '2').exists()
 
 
+def test_a_rerun_says_it_is_finished_and_a_resume_names_what_the_config_changed(
+    tmp_path, devices, capsys):
+  train_and_evaluate(fake_config(num_steps=2), tmp_path)
+  capsys.readouterr()
+  train_and_evaluate(fake_config(num_steps=2), tmp_path)
+  assert f'{tmp_path} finished at step 2: nothing to do' in capsys.readouterr().out
+  longer = fake_config(num_steps=3)
+  longer.optimizer.lr = 0.05
+  train_and_evaluate(longer, tmp_path)
+  assert ('resuming with another config than the run had (num_steps: 2 -> 3; '
+          'optimizer.lr: 0.1 -> 0.05)') in capsys.readouterr().out
+
+
 def test_keeping_no_latest_checkpoint_is_refused(tmp_path):
   with pytest.raises(ValueError, match='keep_checkpoints=0 .* at least its latest'):
     Checkpointer(tmp_path, keep=0)
@@ -257,6 +271,8 @@ def test_kill_9_at_random_moments_then_resume(tmp_path):
   proc = start_training(workdir, f'--config.num_steps={total}', '--config.log_every_steps=1')
   out, _ = proc.communicate(timeout=300)
   assert proc.returncode == 0, out
+  # The run's own INFO lines are logged, orbax's (a dozen per checkpoint) are not.
+  assert 'loop.py' in out and not re.search(r'^I.* checkpoint_manager\.py', out, re.M)
   summary = json.loads((workdir / 'summary.json').read_text())
   assert summary['steps'] == total
   ckpt = Checkpointer(workdir)

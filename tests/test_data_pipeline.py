@@ -423,8 +423,12 @@ def test_fake_input(devices):
     create_input(c, mesh, train=True)
 
 
-def test_configuration_errors(tmp_path, devices):
+def test_configuration_errors(tmp_path, devices, folder):
   mesh = parallel.create_mesh()
+  c = folder_config(folder, num_workers=0)
+  c.batch_size = 32   # 24 training images
+  with pytest.raises(ValueError, match='24 training examples .* lower --config.batch_size'):
+    create_input(c, mesh, train=True)
   c = fake_config()
   c.batch_size = 12
   with pytest.raises(ValueError, match='batch_size=12 is not divisible by the number of devices'):

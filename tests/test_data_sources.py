@@ -156,6 +156,14 @@ def test_prepare_splits_a_deterministic_fraction(tmp_path):
             == (tmp_path / 'two' / f'{split}.array_record').read_bytes())
 
 
+def test_a_folder_of_class_folders_is_split_by_the_fraction(tmp_path):
+  root = write_image_folder(tmp_path / 'root', {'a': 10, 'b': 5})
+  splits = prepare.prepare(root / 'train', tmp_path / 'out', val_fraction=0.2)['splits']
+  assert splits['train']['class_counts'] == {'a': 8, 'b': 4}
+  assert splits['val']['class_counts'] == {'a': 2, 'b': 1}
+  assert load_folder_split('train', str(tmp_path / 'out')).records[0]['key'].startswith(('a/', 'b/'))
+
+
 def test_a_large_val_fraction_keeps_an_image_of_each_class_for_train(tmp_path):
   root = write_image_folder(tmp_path / 'root', {'a': 4, 'b': 1})
   splits = prepare.prepare(root, tmp_path / 'out', val_fraction=0.8)['splits']
@@ -226,7 +234,8 @@ def test_prepare_cli(tmp_path, capsys):
 def test_folder_source_bad_inputs(tmp_path):
   with pytest.raises(FileNotFoundError, match='does not exist.*prepare'):
     load_folder_split('train', str(tmp_path / 'missing'))
-  with pytest.raises(FileNotFoundError, match='not a prepared'):
+  with pytest.raises(FileNotFoundError,
+                     match='not a prepared.*--out DIR, then --config.data.data_dir'):
     load_folder_split('train', str(tmp_path))
   root = write_image_folder(tmp_path / 'root', {'a': 3})
   prepare.prepare(root, tmp_path / 'out', val_fraction=0.4)

@@ -45,6 +45,12 @@ def test_ten_crop_geometry_is_corners_centre_and_their_flips():
 def test_multi_scale_feeds_the_central_square_at_each_scale():
   views = Protocol('multi_scale', 16, 18, (12, 20, 28)).views(40, 30)
   assert [(box, side) for box, side, _ in views] == [((5, 0, 35, 30), s) for s in (12, 20, 28)]
+  config = base_config()   # no scales given: the paper's, in proportion to the image size
+  config.eval.protocol = 'multi_scale'
+  config.data.image_size = 224
+  assert Protocol.from_config(config).scales == (224, 256, 384, 480, 640)
+  config.data.image_size = 64
+  assert Protocol.from_config(config).scales == (64, 73, 110, 137, 183)
 
 
 def test_host_views_match_the_eval_crop():

@@ -71,9 +71,16 @@ def test_unknown_variant_lists_valid_ones():
 
 def test_bad_key_fails_with_its_name(tmp_path):
   r = run_main('--config=configs/fake.py', f'--workdir={tmp_path}', '--config.optimizer.lrr=0.1')
-  assert r.returncode != 0
-  assert 'lrr' in r.stderr
+  assert r.returncode == 1 and 'Traceback' not in r.stderr
+  assert "error: unknown config field 'lrr'; Did you mean \"lr\"" in r.stderr
   assert not (tmp_path / 'checkpoints').exists()
+
+
+def test_a_misspelt_variant_fails_naming_the_valid_ones(tmp_path):
+  r = run_main('--config=configs/image_folder.py:smal', f'--workdir={tmp_path / "run"}')
+  assert r.returncode != 0 and 'image_folder.py:smal: the variant is small or a model name' in (
+      r.stderr)
+  assert not (tmp_path / 'run').exists()
 
 
 def test_a_misspelt_field_in_a_config_file_fails_with_its_name(tmp_path):
@@ -84,8 +91,8 @@ def test_a_misspelt_field_in_a_config_file_fails_with_its_name(tmp_path):
                     '  c.optimizer.weight_decy = 5e-4\n'
                     '  return c\n')
   r = run_main(f'--config={config}', f'--workdir={tmp_path / "run"}', cwd=ROOT)
-  assert r.returncode != 0
-  assert 'weight_decy' in r.stderr
+  assert r.returncode == 1 and 'Traceback' not in r.stderr
+  assert 'error: unknown config field' in r.stderr and 'weight_decy' in r.stderr
   assert not (tmp_path / 'run').exists()
 
 
@@ -93,6 +100,13 @@ def test_bad_value_type_fails_with_its_name(tmp_path):
   r = run_main('--config=configs/fake.py', f'--workdir={tmp_path}', '--config.batch_size=many')
   assert r.returncode != 0
   assert 'batch_size' in r.stderr
+
+
+def test_missing_data_fails_before_the_workdir_is_made(tmp_path):
+  r = run_main('--config=configs/image_folder.py:small', f'--workdir={tmp_path / "run"}',
+               f'--config.data.data_dir={tmp_path / "nowhere"}')
+  assert r.returncode == 1 and 'nowhere does not exist' in r.stderr
+  assert not (tmp_path / 'run').exists()
 
 
 def test_missing_workdir_fails_clearly():

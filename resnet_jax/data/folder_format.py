@@ -46,8 +46,9 @@ def read_metadata(directory: Path) -> dict[str, Any]:
                             f'--out {directory}')
   if not path.is_file():
     raise FileNotFoundError(f'{directory} is not a prepared image-folder dataset (no '
-                            f'{METADATA_FILE}); create it with: python -m resnet_jax.data.prepare '
-                            f'--image-folder ROOT --out {directory}')
+                            f'{METADATA_FILE}); if it is your image folder, prepare it into '
+                            'another directory: python -m resnet_jax.data.prepare --image-folder '
+                            f'{directory} --out DIR, then --config.data.data_dir=DIR')
   try:
     metadata = json.loads(path.read_text())
   except json.JSONDecodeError as e:

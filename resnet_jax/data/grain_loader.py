@@ -165,7 +165,8 @@ def train_dataset(load: LoadExample, *, seed: int, batch_size: int, process_inde
   steps_per_epoch = len(shard) // batch_size
   if not steps_per_epoch:
     raise ValueError(f'{len(shard)} training examples per process, fewer than the per-process '
-                     f'batch of {batch_size}')
+                     f'batch of {batch_size}: lower --config.batch_size (the global batch, '
+                     f'{batch_size * process_count} here) or add images')
   ds = (EpochShuffle(shard, seed=derive_seed(seed, process_index, 0))
         .random_map(load, seed=derive_seed(seed, process_index, 1))
         .batch(batch_size, drop_remainder=True, batch_fn=load.collate)

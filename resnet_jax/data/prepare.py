@@ -3,9 +3,9 @@
     python -m resnet_jax.data.prepare --image-folder ROOT --out DIR [--val-fraction 0.1]
         [--image-size-max N] [--skip-bad-images] [--workers K]
 
-ROOT/train/<class>/*.jpg|png|... (subfolders allowed) and optionally ROOT/val/<class>/...; without
-ROOT/val, a deterministic `--val-fraction` of each class (chosen by a hash of the file paths)
-becomes the 'val' split. Every image is decoded once here (in `--workers` processes), so
+ROOT/train/<class>/*.jpg|png|... (subfolders allowed) and optionally ROOT/val/<class>/..., or
+just ROOT/<class>/...; without ROOT/val, a deterministic `--val-fraction` of each class (chosen
+by a hash of the file paths) becomes the 'val' split. Every image is decoded once here (in `--workers` processes), so
 training only ever sees images that decode; a bad file stops the conversion, naming it, or with
 `--skip-bad-images` is left out, logged and listed in DIR/dataset.json. The files are stored as
 they are (no re-encoding) unless `--image-size-max` shrinks those whose shorter side is larger.
@@ -69,14 +69,18 @@ def pick_val(files: list[Path], root: Path, fraction: float) -> set[Path]:
 
 
 def plan_splits(root: Path, val_fraction: float) -> tuple[list[str], dict[str, list[Item]]]:
-  """Class names and the (file, label) items of 'train' and (if any) 'val'."""
+  """Class names and the (file, label) items of 'train' and (if any) 'val', from ROOT/train/<class>/
+  (and ROOT/val/<class>/) or from ROOT/<class>/ (val then split off by `val_fraction`)."""
   if not root.is_dir():
     raise FileNotFoundError(f'image folder {root} does not exist')
-  train = scan_classes(root / 'train')
+  has_val = (root / 'val').is_dir()
+  if has_val and not (root / 'train').is_dir():
+    raise FileNotFoundError(f'{root / "train"} does not exist (ROOT has val/ but no train/)')
+  train = scan_classes(root / 'train' if (root / 'train').is_dir() else root)
   class_names = list(train)
   label = {name: i for i, name in enumerate(class_names)}
   splits: dict[str, list[Item]] = {'train': [], 'val': []}
-  if (root / 'val').is_dir():
+  if has_val:
     val = scan_classes(root / 'val')
     unknown = sorted(set(val) - set(train))
     if unknown:
@@ -187,7 +191,8 @@ def prepare(root: str | Path, out: str | Path, *, val_fraction: float = 0.1,
 def main(argv: list[str] | None = None) -> int:
   p = argparse.ArgumentParser(prog='python -m resnet_jax.data.prepare', description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument('--image-folder', required=True, help='ROOT with train/<class>/ (and val/)')
+  p.add_argument('--image-folder', required=True,
+                 help='ROOT with train/<class>/ (and val/<class>/), or just ROOT/<class>/')
   p.add_argument('--out', required=True, help='output directory DIR (data.data_dir)')
   p.add_argument('--val-fraction', type=float, default=0.1,
                  help='share of each class held out as val when ROOT/val is absent (0: none)')

@@ -94,4 +94,5 @@ def shard_indices(num_examples: int, process_index: int, process_count: int, *,
 def check_split_names(requested: str, available: Sequence[str], where: str) -> None:
   if requested not in available:
     raise ValueError(f'split {requested!r} is not in {where}; it has {", ".join(available)}. '
-                     'Set --config.data.train_split / eval_split accordingly.')
+                     'Set --config.data.train_split / --config.data.eval_split (the split a run '
+                     'evaluates on) to one of them.')

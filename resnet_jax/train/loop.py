@@ -21,6 +21,7 @@ from absl import logging
 from resnet_jax import parallel, profiling, runtime
 from resnet_jax.checkpoint import (Checkpointer, PreemptionWatcher, check_shared_directory,
                                    is_better, write_json)
+from resnet_jax.config_base import config_changes
 from resnet_jax.models.summary import count_params
 from resnet_jax.progress import Progress, format_end_summary, format_start_summary
 from resnet_jax.train.restore import with_teacher
@@ -210,11 +211,11 @@ def _start(trainer: Trainer, state: TrainState | None,
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
   """Trains from scratch or from the latest checkpoint in `workdir`; returns the summary."""
   runtime.configure(config)
+  trainer, train_input, eval_input = create_trainer(config)   # bad data fails before any write
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   check_shared_directory(workdir)
   main = parallel.is_main_process()
-  trainer, train_input, eval_input = create_trainer(config)
   # matplotlib, for the plots at the end, takes about a second to import: a thread imports it
   # while the steps compile. Not before the inputs exist: grain and tfds load some modules under
   # etils' lazy imports, which swap the process-wide __import__ meanwhile, and matplotlib's
@@ -232,8 +233,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   summary_path = workdir / 'summary.json'
   if state is not None and int(state.step) >= trainer.total_steps and summary_path.exists():
     ckpt.close()
-    logging.info('%s finished at step %d: nothing to do', workdir, int(state.step))
+    if main:
+      print(f'{workdir} finished at step {int(state.step)}: nothing to do (another workdir '
+            'starts another run)', flush=True)
     return json.loads(summary_path.read_text())
+  if state is not None and main and (changes := config_changes(workdir / 'config.json', config)):
+    logging.warning('resuming %s with another config: %s', workdir, '; '.join(changes))
+    print(f'resuming with another config than the run had ({"; ".join(changes[:5])}'
+          f'{"; ..." if len(changes) > 5 else ""})', flush=True)
   trainer = with_teacher(trainer)
   batches: Iterator = iter(train_input)
   if state is None or int(state.step) < trainer.total_steps:
