@@ -228,7 +228,8 @@ def test_eval_mode_writes_metrics_per_class_and_the_confusion_png(folder_dataset
   assert json.loads((tmp_path / 'eval_multi_scale-16_latest_1.json').read_text())['scales'] == [16]
 
 
-def test_a_run_whose_schedule_needs_its_epoch_length_evaluates_and_restores(tmp_path, devices):
+def test_a_run_whose_schedule_needs_its_epoch_length_evaluates_and_restores(tmp_path, devices,
+                                                                          capsys):
   """--mode=eval, predict and a distillation teacher rebuild a run's model without knowing its
   epoch length; a schedule that only that length makes valid (decays at 0.5 and 0.75 of 3
   epochs, which fall on one step at one step an epoch) is not checked against a made-up one."""
@@ -243,8 +244,13 @@ def test_a_run_whose_schedule_needs_its_epoch_length_evaluates_and_restores(tmp_
   ckpt.wait()
   ckpt.close()
   write_json(tmp_path / 'config.json', config.to_dict())
+  config.eval.protocol = 'ten_crop'   # an eval setting: not a change of the run's config
   assert 0 <= evaluate_workdir(config, tmp_path)['eval/top1'] <= 1
+  assert 'another config' not in capsys.readouterr().out
   assert restore_trained(tmp_path).step == 1
+  config.data.mean = (0.4,)   # eval builds its data from the config it is given: said
+  evaluate_workdir(config, tmp_path)
+  assert 'evaluating with another config than the run had (data.mean' in capsys.readouterr().out
 
 
 def test_ten_crop_mirrors_only_where_training_flips():
