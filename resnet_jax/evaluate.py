@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 from resnet_jax import eval_protocols, parallel, plots, runtime
 from resnet_jax.checkpoint import Checkpointer, check_shared_directory, write_json
 from resnet_jax.config_base import config_changes
+from resnet_jax.progress import format_metric
 from resnet_jax.train.trainer import create_trainer
 
 _LABELLED_CLASSES = 30   # more classes: no tick labels
@@ -61,9 +62,9 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str | Path) -> 
   write_json(workdir / f'eval_{name}.json', results)
   if jax.process_index() == 0:
     plots.save(confusion_figure(results), workdir / 'plots' / f'confusion_{name}.png')
-  print(', '.join(f'{k}: {results[k]}' for k in ('protocol', 'checkpoint', 'step', 'num_examples',
-                                                  'eval/loss', 'eval/top1', 'eval/top5')),
-        flush=True)
+  shown = [f'{k}: {results[k]}' for k in ('protocol', 'checkpoint', 'step', 'num_examples')]
+  shown += [f'{k}: {format_metric(k, results[k])}' for k in ('eval/loss', 'eval/top1', 'eval/top5')]
+  print(', '.join(shown), flush=True)
   return results
 
 

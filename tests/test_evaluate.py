@@ -1,6 +1,7 @@
 """Eval protocols: view geometry, host and device views, and the metrics of a whole pass."""
 
 import json
+import re
 import types
 
 import jax
@@ -246,7 +247,9 @@ def test_a_run_whose_schedule_needs_its_epoch_length_evaluates_and_restores(tmp_
   write_json(tmp_path / 'config.json', config.to_dict())
   config.eval.protocol = 'ten_crop'   # an eval setting: not a change of the run's config
   assert 0 <= evaluate_workdir(config, tmp_path)['eval/top1'] <= 1
-  assert 'another config' not in capsys.readouterr().out
+  printed = capsys.readouterr().out
+  assert 'another config' not in printed
+  assert re.search(r'protocol: ten_crop, .*eval/top1: \d+\.\d\d%', printed)   # as training prints it
   assert restore_trained(tmp_path).step == 1
   config.data.mean = (0.4,)   # eval builds its data from the config it is given: said
   evaluate_workdir(config, tmp_path)
