@@ -3,10 +3,10 @@
     python -m resnet_jax.data.prepare --image-folder ROOT --out data/fabric
     python -m resnet_jax.main --config=configs/image_folder.py --workdir=runs/fabric \
         --config.data.data_dir=data/fabric
-    python -m resnet_jax.predict --workdir=runs/fabric ROOT/val
+    python -m resnet_jax.predict --workdir=runs/fabric new_photos/
 
-ROOT holds `train/<class>/*.jpg|png` (and optionally `val/<class>/...`; otherwise prepare splits
-off a fraction). The default is a ResNet-18 at 224x224 with random-resized crops, flips in both
+ROOT holds `<class>/*.jpg|png` (prepare splits off a fraction of each class for validation), or
+`train/<class>/...` beside a fixed `val/<class>/...`. The default is a ResNet-18 at 224x224 with random-resized crops, flips in both
 directions (close-ups of fabric have no up or down) and a warmup + cosine schedule; the variant
 argument picks the size: `:small` (`small_resnet` at 64x64, for a first look in minutes on a CPU)
 or a model name (`:resnet34`, `:resnet50`, ...).

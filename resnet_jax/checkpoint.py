@@ -47,11 +47,11 @@ class Checkpointer:
     if not create and not self.directory.is_dir():
       raise FileNotFoundError(f'{self.directory} not found: {workdir} is not a run with a '
                               'checkpoint')
-    if keep < 1 or keep_best < 0:
+    if create and (keep < 1 or keep_best < 0):   # a reader opens older runs as they were
       raise ValueError(f'keep_checkpoints={keep} and keep_best_checkpoints={keep_best}: a run '
                        'keeps at least its latest checkpoint (to resume from), and 0 or more best')
     self.best_metric = best_metric
-    policies = [ocp.checkpoint_managers.LatestN(n=keep)]
+    policies = [ocp.checkpoint_managers.LatestN(n=max(keep, 1))]
     if keep_best:
       policies.append(ocp.checkpoint_managers.BestN(
           get_metric_fn=lambda m: m[best_metric], reverse=lower_is_better(best_metric),

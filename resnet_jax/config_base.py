@@ -143,23 +143,45 @@ def parse_flags(argv: list[str]) -> list[str]:
   from absl import app
   try:
     return app.parse_flags_with_usage(argv)
-  except (AttributeError, KeyError) as e:   # ml_collections' locked ConfigDict: no such field
-    while isinstance(e, BaseException) and e.args:   # ml_collections wraps a KeyError's text
-      e = e.args[0]
-    print(f'error: unknown config field {str(e).replace(chr(10), "; ")}', file=sys.stderr)
+  except (AttributeError, KeyError) as e:
+    detail = e
+    while isinstance(detail, BaseException) and detail.args:   # ml_collections wraps a KeyError
+      detail = detail.args[0]
+    detail = str(detail)
+    if 'Did you mean' not in detail and 'config is locked' not in detail:
+      raise   # not a missing field of the locked schema: a bug, with its traceback
+    print(f'error: unknown config field {detail.replace(chr(10), "; ")}', file=sys.stderr)
     sys.exit(1)
 
 
 def config_changes(saved_path: Path, config: ml_collections.ConfigDict) -> list[str]:
-  """The fields whose values differ between a run's `config.json` at `saved_path` (on this
-  version's schema: a field added since counts at its default) and `config`, as
-  'key: old -> new'; [] where there is no such file yet."""
+  """The fields outside `eval` (--mode=eval's own settings, which training does not read) whose
+  values differ between a run's `config.json` at `saved_path` (on this version's schema: a field
+  added since counts at its default) and `config`, as 'key: old -> new'; [] where there is no
+  such file yet."""
   if not saved_path.exists():
     return []
   flat = lambda c: flatten(json.loads(json.dumps(c.to_dict(), default=str)))
   saved, new = flat(read_saved_config(saved_path)), flat(config)
   return [f'{k}: {saved.get(k)!r} -> {new.get(k)!r}' for k in sorted(saved.keys() | new.keys())
-          if saved.get(k) != new.get(k)]
+          if saved.get(k) != new.get(k) and not k.startswith('eval.')]
+
+
+def describe_changes(changes: list[str], most: int = 5) -> str:
+  return '; '.join(changes[:most]) + ('; ...' if len(changes) > most else '')
+
+
+def print_config_changes(saved_path: Path, config: ml_collections.ConfigDict, doing: str) -> None:
+  """Prints where `config` differs from a run's `config.json` ('`doing` with another config
+  ...'); a file that cannot be read is only logged (the checkpoint keeps the run's config)."""
+  try:
+    changes = config_changes(saved_path, config)
+  except ValueError as e:
+    logging.warning('%s', e)
+    return
+  if changes:
+    print(f'{doing} with another config than the run had ({describe_changes(changes)})',
+          flush=True)
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:

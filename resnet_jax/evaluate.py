@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 
 from resnet_jax import eval_protocols, parallel, plots, runtime
 from resnet_jax.checkpoint import Checkpointer, check_shared_directory, write_json
-from resnet_jax.config_base import config_changes
+from resnet_jax.config_base import print_config_changes
 from resnet_jax.progress import format_metric
 from resnet_jax.train.trainer import create_trainer
 
@@ -33,10 +33,8 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str | Path) -> 
     raise FileNotFoundError(f'workdir {workdir} does not exist'
                             + (f' for process(es) {missing}' if jax.process_count() > 1 else ''))
   check_shared_directory(workdir)
-  changes = [c for c in config_changes(workdir / 'config.json', config) if not c.startswith('eval.')]
-  if changes and jax.process_index() == 0:   # the data and model are built from `config`
-    print(f'evaluating with another config than the run had ({"; ".join(changes[:5])}'
-          f'{"; ..." if len(changes) > 5 else ""})', flush=True)
+  if jax.process_index() == 0:   # the data and model are built from `config`, not the run's
+    print_config_changes(workdir / 'config.json', config, 'evaluating')
   protocol = eval_protocols.Protocol.from_config(config)   # a bad one fails before any work
   which = config.eval.checkpoint
   ckpt = Checkpointer(workdir, keep=config.keep_checkpoints, keep_best=config.keep_best_checkpoints,

@@ -119,7 +119,7 @@ def initialize_distributed(coordinator: str = '', num_processes: int = 0, proces
   managed |= 'TPU_WORKER_HOSTNAMES' in os.environ or 'MEGASCALE_COORDINATOR_ADDRESS' in os.environ
   managed |= detect
   if not coordinator and not managed:
-    if num_processes > 1 or process_id >= 0:   # else each would train alone in one workdir
+    if num_processes > 1 or process_id > 0:   # else each would train alone in one workdir
       raise ValueError(f'a process count ({num_processes}) or id ({process_id}) without a '
                        'coordinator: give --coordinator_address (or JAX_COORDINATOR_ADDRESS), '
                        'or --distributed where JAX detects the cluster')

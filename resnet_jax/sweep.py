@@ -24,7 +24,7 @@ from typing import Any
 
 import ml_collections
 
-from resnet_jax.config_base import config_changes
+from resnet_jax.config_base import config_changes, describe_changes
 from resnet_jax.progress import own_info_logs_only
 
 
@@ -117,9 +117,9 @@ def run_sweep(spec: str, workdir: str | Path, extra: dict[str, Any] | None = Non
 
   for sub, config in zip(runs, configs):
     if changes := config_changes(sub / 'config.json', config):
-      raise ValueError(f'{sub} was run with another config ({"; ".join(changes[:3])}'
-                       f'{"; ..." if len(changes) > 3 else ""}): its results would be reused or '
-                       'resumed under this one; use another --workdir, or the same sweep and --set')
+      raise ValueError(f'{sub} was run with another config ({describe_changes(changes, 3)}): '
+                       'its results would be reused or resumed under this one; use another '
+                       '--workdir, or the same sweep and --set')
 
   from resnet_jax.report import write_report
   from resnet_jax.train.loop import train_and_evaluate

@@ -166,6 +166,8 @@ def test_a_rerun_says_it_is_finished_and_a_resume_names_what_the_config_changed(
   train_and_evaluate(longer, tmp_path)
   assert ('resuming with another config than the run had (num_steps: 2 -> 3; '
           'optimizer.lr: 0.1 -> 0.05)') in capsys.readouterr().out
+  (tmp_path / 'config.json').write_text('{cut short')   # only a report: the resume goes on
+  assert train_and_evaluate(fake_config(num_steps=4), tmp_path)['steps'] == 4
 
 
 def test_keeping_no_latest_checkpoint_is_refused(tmp_path):
@@ -173,6 +175,8 @@ def test_keeping_no_latest_checkpoint_is_refused(tmp_path):
     Checkpointer(tmp_path, keep=0)
   with pytest.raises(ValueError, match='keep_best_checkpoints=-1'):
     Checkpointer(tmp_path, keep_best=-1)
+  (tmp_path / 'checkpoints').mkdir()
+  Checkpointer(tmp_path, keep=0, create=False).close()   # an older run's setting, only read
 
 
 def test_mismatched_checkpoint_says_what_differs(tmp_path, devices):

@@ -96,6 +96,14 @@ def test_a_misspelt_field_in_a_config_file_fails_with_its_name(tmp_path):
   assert not (tmp_path / 'run').exists()
 
 
+def test_a_bug_in_a_config_file_keeps_its_traceback(tmp_path):
+  config = tmp_path / 'buggy.py'
+  config.write_text('import numpy as np\n\ndef get_config():\n  return np.meen\n')
+  r = run_main(f'--config={config}', f'--workdir={tmp_path / "run"}', cwd=ROOT)
+  assert r.returncode != 0 and 'Traceback' in r.stderr and 'meen' in r.stderr
+  assert 'unknown config field' not in r.stderr
+
+
 def test_bad_value_type_fails_with_its_name(tmp_path):
   r = run_main('--config=configs/fake.py', f'--workdir={tmp_path}', '--config.batch_size=many')
   assert r.returncode != 0

@@ -197,6 +197,7 @@ def test_joining_a_job_needs_a_coordinator_or_a_cluster_jax_detects(monkeypatch)
     with pytest.raises(ValueError, match='without a coordinator'):
       parallel.initialize_distributed(num_processes=count, process_id=index)
   parallel.initialize_distributed()   # one process: nothing to join
+  parallel.initialize_distributed(num_processes=1, process_id=0)   # said outright: the same
   assert calls == []
   parallel.initialize_distributed(detect=True, timeout_s=7)
   assert calls == [{'initialization_timeout': 7}]

@@ -21,7 +21,7 @@ from absl import logging
 from resnet_jax import parallel, profiling, runtime
 from resnet_jax.checkpoint import (Checkpointer, PreemptionWatcher, check_shared_directory,
                                    is_better, write_json)
-from resnet_jax.config_base import config_changes
+from resnet_jax.config_base import print_config_changes
 from resnet_jax.models.summary import count_params
 from resnet_jax.progress import Progress, format_end_summary, format_start_summary
 from resnet_jax.train.restore import with_teacher
@@ -68,8 +68,9 @@ class EmaStatistics:
     return {'sums': self.sums, 'count': np.int32(self.count)}
 
   def resume(self, window: dict[str, Any] | None) -> None:
-    """Continues the window that `window` (a restored `window()`) saved."""
-    if window is not None:
+    """Continues the window that `window` (a restored `window()`) saved, where this run still
+    recomputes the statistics."""
+    if window is not None and self.num_batches:
       self.sums, self.count = window['sums'], int(window['count'])
 
   def recomputed(self, state: TrainState) -> TrainState:
@@ -237,10 +238,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
       print(f'{workdir} finished at step {int(state.step)}: nothing to do (another workdir '
             'starts another run)', flush=True)
     return json.loads(summary_path.read_text())
-  if state is not None and main and (changes := config_changes(workdir / 'config.json', config)):
-    logging.warning('resuming %s with another config: %s', workdir, '; '.join(changes))
-    print(f'resuming with another config than the run had ({"; ".join(changes[:5])}'
-          f'{"; ..." if len(changes) > 5 else ""})', flush=True)
+  if state is not None and main:
+    print_config_changes(workdir / 'config.json', config, 'resuming')
   trainer = with_teacher(trainer)
   batches: Iterator = iter(train_input)
   if state is None or int(state.step) < trainer.total_steps:
