@@ -21,7 +21,7 @@ from typing import Any, TextIO
 
 from absl import logging as absl_logging
 
-_PACKAGE = str(Path(__file__).resolve().parent)
+_PACKAGE = str(Path(__file__).parent)   # as the code objects name their files
 
 
 def _own_or_warning(record: logging.LogRecord) -> bool:
