@@ -9,7 +9,7 @@
 # processes, and when one fails it stops the others (left alone, they would wait for it in
 # their next collective) and fails.
 set -euo pipefail
-usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '/^set -euo/q; 2,$p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 [ $# -ge 3 ] || usage
 n=$1; config=$2; workdir=$3; shift 3
 [[ "$n" =~ ^[1-9][0-9]*$ ]] || { echo "NUM_PROCESSES must be a positive integer, got '$n'" >&2; usage; }

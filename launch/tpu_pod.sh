@@ -8,12 +8,13 @@
 #   launch/tpu_pod.sh stop NAME ZONE
 #
 # `train` runs the same command on every worker (--worker=all) with --distributed, so that
-# jax.distributed.initialize() finds the pod by itself (from the TPU VM's metadata server). WORKDIR must be a path all workers share (a gcsfuse-mounted bucket or
-# a Filestore share; gs:// URLs themselves are not supported yet):
-# orbax writes checkpoints from every host. Preemptible/spot slices get SIGTERM before they are
-# taken: the trainer saves a checkpoint and exits 0; run `train` again to resume.
+# jax.distributed.initialize() finds the pod by itself (from the TPU VM's metadata server).
+# WORKDIR must be a path all workers share (a gcsfuse-mounted bucket or a Filestore share;
+# gs:// URLs themselves are not supported yet): orbax writes checkpoints from every host.
+# Preemptible/spot slices get SIGTERM before they are taken: the trainer saves a checkpoint and
+# exits 0; run `train` again to resume.
 set -euo pipefail
-usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '/^set -euo/q; 2,$p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 [ $# -ge 3 ] || usage
 cmd=$1; name=$2; zone=$3; shift 3
 ssh_all() { gcloud compute tpus tpu-vm ssh "$name" --zone="$zone" --worker=all --command="$1"; }

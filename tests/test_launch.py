@@ -39,3 +39,12 @@ def test_multiprocess_local_stops_the_others_when_one_fails(tmp_path):
   for i in (0, 2):   # started, and gone
     pid = int((pids / str(i)).read_text())
     assert not Path(f'/proc/{pid}').exists() or 'zombie' in Path(f'/proc/{pid}/status').read_text()
+
+
+def test_each_launch_script_prints_its_header_as_usage():
+  for script in ('multiprocess_local.sh', 'tpu_pod.sh'):
+    r = subprocess.run(['bash', f'launch/{script}'], cwd=ROOT, capture_output=True, text=True)
+    header = (ROOT / 'launch' / script).read_text().split('\nset -euo')[0].splitlines()[1:]
+    assert r.returncode == 2
+    assert r.stderr.splitlines() == [line[2:] if line.startswith('# ') else line[1:]
+                                     for line in header]
