@@ -38,8 +38,9 @@ case "$cmd" in
   train)
     [ $# -ge 2 ] || usage
     config=$1; workdir=$2; shift 2
-    ssh_all "cd resnet_jax && python -m resnet_jax.main --distributed --config=$config \
-      --workdir=$workdir $*"
+    # Each argument quoted for the remote shell: an override such as "--config.x=(28,28,1)" whole.
+    ssh_all "cd resnet_jax && python -m resnet_jax.main --distributed$(printf ' %q' \
+      "--config=$config" "--workdir=$workdir" "$@")"
     ;;
   stop)
     gcloud compute tpus queued-resources delete "$name" --zone="$zone" --force --quiet 2>/dev/null \

@@ -48,3 +48,26 @@ def test_each_launch_script_prints_its_header_as_usage():
     assert r.returncode == 2
     assert r.stderr.splitlines() == [line[2:] if line.startswith('# ') else line[1:]
                                      for line in header]
+
+
+def test_tpu_pod_train_passes_each_override_whole_to_the_workers(tmp_path):
+  """The command that `gcloud ... ssh --command` runs on the workers, run by a shell with a
+  stand-in `python`, gets every argument as it was given."""
+  bin_dir = tmp_path / 'bin'
+  bin_dir.mkdir()
+  (bin_dir / 'gcloud').write_text(
+      '#!/usr/bin/env bash\nfor a in "$@"; do case "$a" in --command=*) '
+      f'printf %s "${{a#--command=}}" > {tmp_path}/command;; esac; done\n')
+  (bin_dir / 'python').write_text(f'#!/usr/bin/env bash\nprintf "%s\\n" "$@" > {tmp_path}/args\n')
+  for tool in ('gcloud', 'python'):
+    (bin_dir / tool).chmod(0o755)
+  env = dict(os.environ, PATH=f'{bin_dir}:{os.environ["PATH"]}')
+  override = '--config.data.fake_image_shape=(28, 28, 1)'
+  subprocess.run(['bash', 'launch/tpu_pod.sh', 'train', 'pod', 'zone', 'configs/fake.py',
+                  '/mnt/runs/a b', override], cwd=ROOT, env=env, check=True)
+  command = (tmp_path / 'command').read_text()
+  (tmp_path / 'resnet_jax').mkdir()
+  subprocess.run(['bash', '-c', command], cwd=tmp_path, env=env, check=True)
+  assert (tmp_path / 'args').read_text().splitlines() == [
+      '-m', 'resnet_jax.main', '--distributed', '--config=configs/fake.py',
+      '--workdir=/mnt/runs/a b', override]
