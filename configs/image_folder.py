@@ -6,10 +6,10 @@
     python -m resnet_jax.predict --workdir=runs/fabric new_photos/
 
 ROOT holds `<class>/*.jpg|png` (prepare splits off a fraction of each class for validation), or
-`train/<class>/...` beside a fixed `val/<class>/...`. The default is a ResNet-18 at 224x224 with random-resized crops, flips in both
-directions (close-ups of fabric have no up or down) and a warmup + cosine schedule; the variant
-argument picks the size: `:small` (`small_resnet` at 64x64, for a first look in minutes on a CPU)
-or a model name (`:resnet34`, `:resnet50`, ...).
+`train/<class>/...` beside a fixed `val/<class>/...`. The default is a ResNet-18 at 224x224 with
+random-resized crops, flips in both directions (close-ups of fabric have no up or down) and a
+warmup + cosine schedule; the variant argument picks the size: `:small` (`small_resnet` at 64x64,
+for a first look in minutes on a CPU) or a model name (`:resnet34`, `:resnet50`, ...).
 """
 
 from resnet_jax.config_base import base_config

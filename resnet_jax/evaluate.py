@@ -28,6 +28,7 @@ _ANNOTATED_CLASSES = 12  # up to this many: counts written in the cells
 def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
   """Restores the checkpoint chosen by `config.eval.checkpoint` and evaluates it."""
   runtime.configure(config)
+  protocol = eval_protocols.Protocol.from_config(config)   # a bad one fails before any work
   workdir = Path(workdir)
   if missing := parallel.processes_without(workdir.is_dir()):   # every process fails together
     raise FileNotFoundError(f'workdir {workdir} does not exist'
@@ -35,7 +36,6 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str | Path) -> 
   check_shared_directory(workdir)
   if jax.process_index() == 0:   # the data and model are built from `config`, not the run's
     print_config_changes(workdir / 'config.json', config, 'evaluating')
-  protocol = eval_protocols.Protocol.from_config(config)   # a bad one fails before any work
   which = config.eval.checkpoint
   ckpt = Checkpointer(workdir, keep=config.keep_checkpoints, keep_best=config.keep_best_checkpoints,
                       best_metric=config.best_metric, create=False)

@@ -3,12 +3,13 @@
     python -m resnet_jax.data.prepare --image-folder ROOT --out DIR [--val-fraction 0.1]
         [--image-size-max N] [--skip-bad-images] [--workers K]
 
-ROOT/train/<class>/*.jpg|png|... (subfolders allowed) and optionally ROOT/val/<class>/..., or
-just ROOT/<class>/...; without ROOT/val, a deterministic `--val-fraction` of each class (chosen
-by a hash of the file paths) becomes the 'val' split. Every image is decoded once here (in `--workers` processes), so
-training only ever sees images that decode; a bad file stops the conversion, naming it, or with
-`--skip-bad-images` is left out, logged and listed in DIR/dataset.json. The files are stored as
-they are (no re-encoding) unless `--image-size-max` shrinks those whose shorter side is larger.
+ROOT/train/<class>/*.jpg|png|... (subfolders allowed) and optionally ROOT/val/<class>/..., or just
+ROOT/<class>/...; without ROOT/val, a deterministic `--val-fraction` of each class (chosen by a hash
+of the file paths) becomes the 'val' split. Every image is decoded once here (in `--workers`
+processes), so training only ever sees images that decode; a bad file stops the conversion, naming
+it, or with `--skip-bad-images` is left out, logged and listed in DIR/dataset.json. The files are
+stored as they are (no re-encoding) unless `--image-size-max` shrinks those whose shorter side is
+larger.
 No TensorFlow needed.
 """
 
@@ -69,8 +70,9 @@ def pick_val(files: list[Path], root: Path, fraction: float) -> set[Path]:
 
 
 def plan_splits(root: Path, val_fraction: float) -> tuple[list[str], dict[str, list[Item]]]:
-  """Class names and the (file, label) items of 'train' and (if any) 'val', from ROOT/train/<class>/
-  (and ROOT/val/<class>/) or from ROOT/<class>/ (val then split off by `val_fraction`)."""
+  """Class names and the (file, label) items of 'train' and (if any) 'val', from
+  ROOT/train/<class>/ (and ROOT/val/<class>/) or from ROOT/<class>/ (val then split off by
+  `val_fraction`)."""
   if not root.is_dir():
     raise FileNotFoundError(f'image folder {root} does not exist')
   has_val = (root / 'val').is_dir()
