@@ -83,7 +83,10 @@ def best_recipe(c: ml_collections.ConfigDict) -> None:
   c.label_smoothing = 0.1
   c.data.random_erasing = 0.5
   c.keep_checkpoints = 1
-  c.eval_every_steps = c.checkpoint_every_steps = 10 * (60_000 // c.batch_size)   # 10 epochs
+  # Every 10 epochs of the 60,000 training images at whatever batch size the run is given
+  # (each field its own reference, so that setting one leaves the other).
+  c.eval_every_steps = 10 * (60_000 // c.get_ref('batch_size'))
+  c.checkpoint_every_steps = 10 * (60_000 // c.get_ref('batch_size'))
 
 
 def cifar10_recipe(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -57,6 +57,14 @@ def test_variants_and_overrides_reach_the_config():
     load_config('fashion_mnist.py:resnet20,fast,best')
 
 
+def test_the_best_recipe_evaluates_every_10_epochs_at_any_batch_size():
+  assert load_config('fashion_mnist.py:resnet20,best').eval_every_steps == 10 * 234
+  big = load_config('fashion_mnist.py:resnet20,best', '--config.batch_size=512')
+  assert (big.eval_every_steps, big.checkpoint_every_steps) == (10 * 117, 10 * 117)
+  set_one = load_config('fashion_mnist.py:resnet20,best', '--config.eval_every_steps=4680')
+  assert (set_one.eval_every_steps, set_one.checkpoint_every_steps) == (4680, 2340)
+
+
 def test_the_fast_and_best_recipes_keep_their_epochs_on_mnist():
   assert load_config('mnist.py').num_epochs == 15
   for flag in ('fast', 'best'):
