@@ -48,22 +48,41 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str | Path) -> 
                                           trainer.state_sharding)
   sums = eval_protocols.evaluate_views(eval_step, state, eval_input)
   results = dict(eval_protocols.summarize(sums, eval_input.info.class_names), step=step,
-                 checkpoint=which, protocol=config.eval.protocol)
-  tag = config.eval.protocol   # with the settings that change its views
+                 checkpoint=which, protocol=config.eval.protocol, tag=eval_tag(config))
   if config.eval.protocol == 'multi_scale':
     results['scales'] = list(protocol.scales)
-    tag += '-' + '-'.join(map(str, protocol.scales))
   if config.eval.protocol == 'padded_ten_crop':
     results['pad'] = config.data.pad
-    tag += f'-pad{config.data.pad}'
-  name = f'{tag}_{which}_{step}'
-  write_json(workdir / f'eval_{name}.json', results)
+  write_json(result_path(workdir, config, which, step), results)
   if jax.process_index() == 0:
-    plots.save(confusion_figure(results), workdir / 'plots' / f'confusion_{name}.png')
+    plots.save(confusion_figure(results),
+               workdir / 'plots' / f'confusion_{result_name(config, which, step)}.png')
   shown = [f'{k}: {results[k]}' for k in ('protocol', 'checkpoint', 'step', 'num_examples')]
   shown += [f'{k}: {format_metric(k, results[k])}' for k in ('eval/loss', 'eval/top1', 'eval/top5')]
   print(', '.join(shown), flush=True)
   return results
+
+
+def eval_tag(config: ml_collections.ConfigDict) -> str:
+  """`config.eval.protocol` with the settings that change its views: 'ten_crop',
+  'multi_scale-224-256-384', 'padded_ten_crop-pad4'."""
+  protocol = eval_protocols.Protocol.from_config(config)
+  if protocol.protocol == 'multi_scale':
+    return '-'.join(map(str, (protocol.protocol, *protocol.scales)))
+  if protocol.protocol == 'padded_ten_crop':
+    return f'{protocol.protocol}-pad{protocol.pad}'
+  return protocol.protocol
+
+
+def result_name(config: ml_collections.ConfigDict, which: str, step: int) -> str:
+  """Names the results of `config`'s protocol on the `which` checkpoint at `step`."""
+  return f'{eval_tag(config)}_{which}_{step}'
+
+
+def result_path(workdir: str | Path, config: ml_collections.ConfigDict, which: str,
+                step: int) -> Path:
+  """Where `evaluate_workdir` writes those results."""
+  return Path(workdir) / f'eval_{result_name(config, which, step)}.json'
 
 
 def confusion_figure(results: dict[str, Any]) -> Figure:

@@ -7,7 +7,9 @@ the runs are a sweep's points):
   iterations, training error (1 - train/top1) thin and dashed, test error (1 - eval/top1) bold,
   one colour per run;
 - `report.md`: a Markdown table, one row per run: model, parameters, final and best eval top-1 and
-  top-5 accuracy, final training error, steps and wall time.
+  top-5 accuracy, final training error, steps and wall time; and the top-1 of each eval protocol
+  that `--mode=eval` (or the sweep's `EVAL_PROTOCOLS`) ran on a run's latest checkpoint, e.g.
+  `ten_crop`, the paper's ImageNet figures.
 
 "Best" is the evaluation with the highest top-1 (its top-5 is the top-5 of that same evaluation).
 Runs still training are reported as far as they got. A directory that is not a run, or a run
@@ -45,6 +47,7 @@ class Run:
   config: dict[str, Any]
   run_info: dict[str, Any]
   summary: dict[str, Any]
+  protocol_evals: dict[str, dict[str, Any]]   # tag -> results on the latest checkpoint
 
   @property
   def model(self) -> str:
@@ -74,7 +77,19 @@ def load_run(workdir: str | Path) -> Run:
   if not records:
     raise ReportError(f'{path} has no metrics yet (its {METRICS_FILE} is missing or empty)')
   return Run(path, records, _read_json(path / 'config.json'), _read_json(path / 'run_info.json'),
-             _read_json(path / 'summary.json'))
+             _read_json(path / 'summary.json'), protocol_evals(path))
+
+
+def protocol_evals(workdir: Path) -> dict[str, dict[str, Any]]:
+  """The `--mode=eval` results of each protocol (tag) on the run's latest checkpoint, the one of
+  the highest step where there are several."""
+  found: dict[str, dict[str, Any]] = {}
+  for path in sorted(workdir.glob('eval_*_latest_*.json')):
+    results = _read_json(path)
+    tag = results.get('tag')
+    if tag and results['step'] >= found.get(tag, {}).get('step', -1):
+      found[tag] = results
+  return found
 
 
 def run_names(runs: Sequence[Run]) -> list[str]:
@@ -95,8 +110,16 @@ def _pct(value: float | None) -> str:
   return '-' if value is None else f'{100 * value:.2f}'
 
 
-def row(run: Run, label: str) -> list[str]:
-  """A table row: run, model, params, top-1 final/best, top-5 final/best, train error, steps, time."""
+def _protocol_cell(results: dict[str, Any] | None, last_step: int) -> str:
+  if results is None:
+    return '-'
+  at = f' @{results["step"]:,}' if results['step'] != last_step else ''
+  return _pct(results['eval/top1']) + at
+
+
+def row(run: Run, label: str, tags: Sequence[str] = ()) -> list[str]:
+  """A table row: run, model, params, top-1 final/best, top-5 final/best, train error, steps, time,
+  and the top-1 of each protocol in `tags` (@ its step where that is not the run's last)."""
   evals = [r for r in run.records if 'eval/top1' in r]
   final = evals[-1] if evals else {}
   best = max(evals, key=lambda r: r['eval/top1']) if evals else {}
@@ -110,10 +133,11 @@ def row(run: Run, label: str) -> list[str]:
   wall = run.records[-1].get('time', run.summary.get('wall_time_s'))
   params = run.run_info.get('params')
   best_at = f' @{best["step"]:,}' if best else ''
+  protocols = [_protocol_cell(run.protocol_evals.get(tag), last) for tag in tags]
   return [label, run.model, format_count(params) if params else '-',
           _pct(final.get('eval/top1')), _pct(best.get('eval/top1')) + best_at,
           _pct(final.get('eval/top5')), _pct(best.get('eval/top5')),
-          _pct(train_err), steps, format_duration(wall) if wall is not None else '-']
+          _pct(train_err), steps, format_duration(wall) if wall is not None else '-', *protocols]
 
 
 HEADER = ['run', 'model', 'params', 'top-1 final (%)', 'top-1 best (%)', 'top-5 final (%)',
@@ -121,8 +145,10 @@ HEADER = ['run', 'model', 'params', 'top-1 final (%)', 'top-1 best (%)', 'top-5 
 
 
 def markdown_table(runs: Sequence[Run]) -> str:
-  lines = ['| ' + ' | '.join(HEADER) + ' |', '|' + '---|' * len(HEADER)]
-  lines += ['| ' + ' | '.join(row(r, l)) + ' |' for r, l in zip(runs, run_names(runs))]
+  tags = sorted({tag for r in runs for tag in r.protocol_evals})
+  header = HEADER + [f'top-1 {tag} (%)' for tag in tags]
+  lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+  lines += ['| ' + ' | '.join(row(r, l, tags)) + ' |' for r, l in zip(runs, run_names(runs))]
   return '\n'.join(lines)
 
 
@@ -172,7 +198,8 @@ def write_report(workdirs: Sequence[str | Path], out_dir: str | Path) -> tuple[P
   md = out_dir / 'report.md'
   md.write_text(f'# Runs\n\n![top-1 error](report.png)\n\n{markdown_table(runs)}\n\n'
                 'Accuracies in %. Best: the evaluation with the highest top-1 (@ its step); '
-                'top-5 best is the top-5 of that evaluation.\n')
+                'top-5 best is the top-5 of that evaluation. A protocol column: the latest '
+                'checkpoint evaluated with that protocol (`--mode=eval`).\n')
   return png, md
 
 

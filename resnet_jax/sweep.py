@@ -8,19 +8,23 @@ resumes from its checkpoint, a preempted point (SIGTERM) stops the sweep, and a 
 turns non-finite fails without stopping the others (exit status 1, naming it). A point whose
 workdir was run with another config (an edited sweep file, another --set) stops the sweep before
 anything runs, naming the changed keys: its results would otherwise be reused as they are.
+A sweep config may also name `EVAL_PROTOCOLS` (e.g. `('ten_crop',)`, the paper's ImageNet
+tables): each finished point's final checkpoint is then evaluated with each of them as
+`--mode=eval` does (once: a rerun finds the results), and the report gets a column for each.
 `--print-commands` prints one `resnet_jax.main` command per point instead, for a cluster
-scheduler. At the end the report (overlay figure and table) of all finished points is written
-into DIR.
+scheduler, then one `--mode=eval` command per point and protocol, to run after training. At the
+end the report (overlay figure and table) of all finished points is written into DIR.
 """
 
 import argparse
+import copy
 import importlib.util
 import json
 import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import ml_collections
 
@@ -28,8 +32,14 @@ from resnet_jax.config_base import config_changes, describe_changes
 from resnet_jax.progress import own_info_logs_only
 
 
-def load_sweep(spec: str) -> tuple[ml_collections.ConfigDict, list[dict[str, Any]]]:
-  """Loads `path[:arg]`; returns the base config and the grid of overrides."""
+class Sweep(NamedTuple):
+  base: ml_collections.ConfigDict       # the base run
+  grid: list[dict[str, Any]]            # one dict of overrides per point
+  eval_protocols: tuple[str, ...]       # evaluated on each point's final checkpoint
+
+
+def load_sweep(spec: str) -> Sweep:
+  """Loads `path[:arg]`."""
   path, _, arg = spec.partition(':')
   if not Path(path).is_file():
     raise FileNotFoundError(f'sweep config {path} does not exist')
@@ -38,7 +48,8 @@ def load_sweep(spec: str) -> tuple[ml_collections.ConfigDict, list[dict[str, Any
   module_spec.loader.exec_module(module)
   if not hasattr(module, 'get_sweep'):
     raise ValueError(f'{path} defines no get_sweep(arg): it is not a sweep config')
-  return module.get_config(arg or None), module.get_sweep(arg or None)
+  return Sweep(module.get_config(arg or None), module.get_sweep(arg or None),
+               tuple(getattr(module, 'EVAL_PROTOCOLS', ())))
 
 
 def point_name(overrides: dict[str, Any]) -> str:
@@ -50,8 +61,9 @@ def point_name(overrides: dict[str, Any]) -> str:
 
 def apply_overrides(config: ml_collections.ConfigDict,
                     overrides: dict[str, Any]) -> ml_collections.ConfigDict:
-  """A copy of `config` with dotted-key overrides; an unknown key is an error naming it."""
-  config = ml_collections.ConfigDict(config.to_dict())
+  """A copy of `config` with dotted-key overrides; an unknown key is an error naming it. Fields
+  computed from others (`config.get_ref`) follow an override of those, as on the command line."""
+  config = copy.deepcopy(config)
   for key, value in overrides.items():
     *parents, leaf = key.split('.')
     node = config
@@ -82,10 +94,39 @@ def is_finished(workdir: Path) -> bool:
   return summary.exists() and not json.loads(summary.read_text()).get('preempted', False)
 
 
-def command_for(spec: str, workdir: Path, overrides: dict[str, Any]) -> str:
+def command_for(spec: str, workdir: Path, overrides: dict[str, Any],
+                eval_protocol: str | None = None) -> str:
+  """The `resnet_jax.main` command that trains a point, or evaluates its final checkpoint with
+  `eval_protocol`."""
   args = ['python', '-m', 'resnet_jax.main', f'--config={spec}', f'--workdir={workdir}']
+  if eval_protocol:
+    args += ['--mode=eval', f'--config.eval.protocol={eval_protocol}',
+             '--config.eval.checkpoint=latest']
   args += [f'--config.{k}={v}' for k, v in overrides.items()]
   return ' '.join(shlex.quote(a) for a in args)
+
+
+def protocol_configs(config: ml_collections.ConfigDict,
+                     protocols: Sequence[str]) -> list[ml_collections.ConfigDict]:
+  """`config` evaluating its latest checkpoint with each protocol; a protocol this config cannot
+  use is an error naming it."""
+  from resnet_jax.eval_protocols import Protocol
+  configs = [apply_overrides(config, {'eval.protocol': p, 'eval.checkpoint': 'latest'})
+             for p in protocols]
+  for c in configs:
+    Protocol.from_config(c)
+  return configs
+
+
+def evaluate_point(workdir: Path, configs: Sequence[ml_collections.ConfigDict]) -> None:
+  """Evaluates a finished point's final checkpoint with each config's protocol, where no
+  results of that protocol on that checkpoint are there yet."""
+  from resnet_jax.evaluate import evaluate_workdir, result_path
+  step = json.loads((workdir / 'summary.json').read_text())['steps']
+  for config in configs:
+    if not result_path(workdir, config, 'latest', step).exists():
+      print(f'{workdir.name}: evaluating with {config.eval.protocol}', flush=True)
+      evaluate_workdir(config, workdir)
 
 
 class SweepError(RuntimeError):
@@ -100,7 +141,7 @@ def run_sweep(spec: str, workdir: str | Path, extra: dict[str, Any] | None = Non
   failed points after the report is written. A preempted point (SIGTERM) stops the sweep at once,
   with its checkpoint saved: the same command resumes it.
   """
-  base, grid = load_sweep(spec)
+  base, grid, protocols = load_sweep(spec)
   if clash := sorted({key for point in grid for key in point} & set(extra or {})):
     raise ValueError(f'--set {", ".join(clash)}: the grid of {spec} varies it, and a --set '
                      'would make its points one run')
@@ -110,9 +151,13 @@ def run_sweep(spec: str, workdir: str | Path, extra: dict[str, Any] | None = Non
     raise ValueError(f'{spec}: two grid points have the same overrides')
   overrides = [{**point, **(extra or {})} for point in grid]
   configs = [apply_overrides(base, o) for o in overrides]   # every override checked up front
+  evals = [protocol_configs(c, protocols) for c in configs]   # and every protocol
   if print_commands:
     for sub, point_overrides in zip(runs, overrides):
       print(command_for(spec, sub, point_overrides))
+    for sub, point_overrides in zip(runs, overrides):
+      for protocol in protocols:
+        print(command_for(spec, sub, point_overrides, protocol))
     return runs
 
   for sub, config in zip(runs, configs):
@@ -124,21 +169,22 @@ def run_sweep(spec: str, workdir: str | Path, extra: dict[str, Any] | None = Non
   from resnet_jax.report import write_report
   from resnet_jax.train.loop import train_and_evaluate
   failed = []
-  for sub, config in zip(runs, configs):
+  for sub, config, eval_configs in zip(runs, configs, evals):
     if is_finished(sub):
       print(f'{sub.name}: finished before, not run again', flush=True)
-      continue
-    print(f'{sub.name}: training', flush=True)
-    try:
-      summary = train_and_evaluate(config, sub)
-    except FloatingPointError as e:
-      print(f'{sub.name}: failed: {e}', file=sys.stderr, flush=True)
-      failed.append(sub.name)
-      continue
-    if summary['preempted']:
-      print(f'{sub.name}: preempted, checkpoint saved; the same command resumes the sweep',
-            flush=True)
-      return runs
+    else:
+      print(f'{sub.name}: training', flush=True)
+      try:
+        summary = train_and_evaluate(config, sub)
+      except FloatingPointError as e:
+        print(f'{sub.name}: failed: {e}', file=sys.stderr, flush=True)
+        failed.append(sub.name)
+        continue
+      if summary['preempted']:
+        print(f'{sub.name}: preempted, checkpoint saved; the same command resumes the sweep',
+              flush=True)
+        return runs
+    evaluate_point(sub, eval_configs)
   finished = [r for r in runs if is_finished(r)]
   if finished:
     png, md = write_report(finished, workdir)

@@ -59,7 +59,7 @@ def depth(model_name: str) -> int:
 
 
 def sweep_points(spec: str) -> list[tuple[dict, ml_collections.ConfigDict]]:
-  base, grid = load_sweep(f'{ABLATIONS}/{spec}')
+  base, grid, _ = load_sweep(f'{ABLATIONS}/{spec}')
   return [(point, apply_overrides(base, point)) for point in grid]
 
 

@@ -281,6 +281,24 @@ def test_report_overlays_two_runs(tmp_path):
   assert '1:02:05' in rows[1] and '0:12' not in rows[1]   # the whole run's time, not 12.5 s
 
 
+def test_report_has_a_column_per_eval_protocol_of_the_latest_checkpoint(tmp_path):
+  a, b = fake_run(tmp_path, 'a'), fake_run(tmp_path, 'b', seed=1)
+  def evaluated(run, tag, which, step, top1):
+    (run / f'eval_{tag}_{which}_{step}.json').write_text(json.dumps(
+        {'tag': tag, 'protocol': tag.split('-')[0], 'checkpoint': which, 'step': step,
+         'eval/top1': top1}))
+  evaluated(a, 'ten_crop', 'latest', 30, 0.5)       # an earlier checkpoint's: superseded
+  evaluated(a, 'ten_crop', 'latest', 40, 0.61234)
+  evaluated(a, 'ten_crop', 'best', 20, 0.9)         # the best checkpoint's: not the column
+  evaluated(a, 'multi_scale-16-24', 'latest', 40, 0.7)
+  evaluated(b, 'ten_crop', 'latest', 30, 0.4)       # not the run's last step: said
+  _, md = report.write_report([a, b], tmp_path / 'out')
+  rows = [l for l in md.read_text().splitlines() if l.startswith('| ')]
+  assert rows[0].endswith('| top-1 multi_scale-16-24 (%) | top-1 ten_crop (%) |')
+  assert rows[1].endswith('| 70.00 | 61.23 |')
+  assert rows[2].endswith('| - | 40.00 @30 |')
+
+
 def test_report_cli_default_out_is_the_parent(tmp_path, capsys):
   a, b = fake_run(tmp_path, 'a'), fake_run(tmp_path, 'b', seed=2)
   assert report.main([str(a), str(b)]) == 0

@@ -19,6 +19,8 @@ from tests.fast_keys import rbg_keys  # noqa: F401  (a fixture)
 SWEEP_CONFIG = '''"""A 2-point sweep: python -m resnet_jax.sweep --config=THIS --workdir=DIR."""
 from resnet_jax.config_base import base_config
 
+EVAL_PROTOCOLS = ('ten_crop',)
+
 
 def get_config(arg=None):
   c = base_config()
@@ -65,8 +67,17 @@ def test_runs_resumes_and_reports(config_file, tmp_path, capsys):
   assert not (out / DIVERGING / 'summary.json').exists()
   first = out / POINTS[0]
   assert summary(first)['steps'] == 2 and not summary(first)['preempted']
+  # EVAL_PROTOCOLS: the final checkpoint evaluated with ten_crop, its top-1 a column of the report
+  ten_crop = json.loads((first / 'eval_ten_crop_latest_2.json').read_text())
+  assert (ten_crop['tag'], ten_crop['step'], ten_crop['num_examples']) == ('ten_crop', 2, 32)
+  assert not list((out / DIVERGING).glob('eval_*.json'))   # a failed point is not evaluated
   table = (out / 'report.md').read_text()
-  assert f'| {POINTS[0]} |' in table and DIVERGING not in table
+  lines = table.splitlines()
+  header = next(line for line in lines if line.startswith('| run |'))
+  first_row = next(line for line in lines if line.startswith(f'| {POINTS[0]} |'))
+  assert header.endswith('| top-1 ten_crop (%) |')
+  assert first_row.endswith(f'| {100 * ten_crop["eval/top1"]:.2f} |')
+  assert DIVERGING not in table
 
   # The rerun, with a sane second point: the finished first point is left alone.
   untouched, one_point_figure = files_and_mtimes(first), (out / 'report.png').read_bytes()
@@ -74,7 +85,9 @@ def test_runs_resumes_and_reports(config_file, tmp_path, capsys):
   printed = capsys.readouterr().out
   assert f'{POINTS[0]}: finished before, not run again' in printed
   assert f'{POINTS[1]}: training' in printed
-  assert files_and_mtimes(first) == untouched
+  assert f'{POINTS[0]}: evaluating' not in printed and f'{POINTS[1]}: evaluating with ten_crop' in (
+      printed)
+  assert files_and_mtimes(first) == untouched   # its evaluation too
   assert summary(out / POINTS[1])['steps'] == 2 and not summary(out / POINTS[1])['preempted']
   table = (out / 'report.md').read_text()
   assert all(f'| {name} |' in table for name in POINTS)
@@ -148,20 +161,31 @@ def parse_main_config(command: list[str]):
   return fv.config
 
 
+def test_an_override_carries_to_the_fields_computed_from_it():
+  from resnet_jax.recipes import load_recipe
+  base = load_recipe('fashion_mnist:resnet20,best')   # evaluates every 10 epochs
+  config = sweep.apply_overrides(base, {'batch_size': 512})
+  assert (config.eval_every_steps, base.eval_every_steps) == (10 * 117, 10 * 234)
+
+
 def test_print_commands_one_per_point(config_file, tmp_path, capsys):
   out = tmp_path / 'sweep'
   assert sweep.main([f'--config={config_file}', f'--workdir={out}', '--print-commands',
                      '--set=num_steps=7', '--set=data.fake_image_shape=[8,8,1]']) == 0
   lines = capsys.readouterr().out.splitlines()
-  assert len(lines) == 2
-  base, grid = sweep.load_sweep(str(config_file))
-  for line, name, point in zip(lines, POINTS, grid):
+  assert len(lines) == 4   # training, then evaluating with EVAL_PROTOCOLS, each point
+  base, grid, _ = sweep.load_sweep(str(config_file))
+  for line, name, point in zip(lines, POINTS * 2, grid * 2):
     command = shlex.split(line)
     assert command[:3] == ['python', '-m', 'resnet_jax.main']
     assert f'--workdir={out / name}' in command
+    evaluating = line in lines[2:]
+    assert ('--mode=eval' in command) == evaluating
     config = parse_main_config(command)
     expected = sweep.apply_overrides(
-        base, {**point, 'num_steps': 7, 'data.fake_image_shape': (8, 8, 1)})
+        base, {**point, 'num_steps': 7, 'data.fake_image_shape': (8, 8, 1),
+               **({'eval.protocol': 'ten_crop', 'eval.checkpoint': 'latest'} if evaluating
+                  else {})})
     assert config.to_dict() == expected.to_dict()
   assert not out.exists()
 
@@ -171,9 +195,9 @@ def test_print_commands_one_per_point(config_file, tmp_path, capsys):
 def test_ablation_commands_build_the_points_configs(spec, tmp_path, capsys):
   spec = f'{ROOT}/configs/ablations/{spec}'
   sweep.run_sweep(spec, tmp_path, print_commands=True)
-  base, grid = sweep.load_sweep(spec)
+  base, grid, protocols = sweep.load_sweep(spec)
   lines = capsys.readouterr().out.splitlines()
-  assert len(lines) == len(grid)
+  assert len(lines) == len(grid) * (1 + len(protocols))
   for line, point in zip(lines, grid):
     expected = sweep.apply_overrides(base, point).to_dict()
     assert parse_main_config(shlex.split(line)).to_dict() == expected, line

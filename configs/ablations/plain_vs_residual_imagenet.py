@@ -7,12 +7,13 @@ The paper's ImageNet recipe; the residual nets use option A (zero-padding, no ex
 as in Table 2. Paper top-1 error (10-crop): plain-18 27.94%, plain-34 28.54%, ResNet-18 27.88%,
 ResNet-34 25.03%.
 
-The sweep's evals are centre crops; for the paper's 10-crop figures, evaluate each point
-with `python -m resnet_jax.main --mode=eval --config.eval.protocol=ten_crop` (its
-`--print-commands` line, with those flags added).
+The evals during training are centre crops; each finished point's final checkpoint is then
+evaluated with the paper's 10-crop protocol (EVAL_PROTOCOLS), the report's `ten_crop` column.
 """
 
 from resnet_jax.recipes import load_recipe
+
+EVAL_PROTOCOLS = ('ten_crop',)   # the paper's ImageNet figures
 
 
 def get_config(arg=None):
