@@ -9,7 +9,9 @@ the runs are a sweep's points):
 - `report.md`: a Markdown table, one row per run: model, parameters, final and best eval top-1 and
   top-5 accuracy, final training error, steps and wall time; and the top-1 of each eval protocol
   that `--mode=eval` (or the sweep's `EVAL_PROTOCOLS`) ran on a run's latest checkpoint, e.g.
-  `ten_crop`, the paper's ImageNet figures.
+  `ten_crop`, the paper's ImageNet figures. Where runs differ in their seed only (a sweep's
+  `--seeds`), a second table gives each such group's final top-1: mean +- standard deviation,
+  lowest and highest (the paper's "best (mean+-std)" of its 5 ResNet-110 runs).
 
 "Best" is the evaluation with the highest top-1 (its top-5 is the top-5 of that same evaluation).
 Runs still training are reported as far as they got. A directory that is not a run, or a run
@@ -21,6 +23,8 @@ From Python (the sweep runner): `write_report(workdirs, out_dir) -> (png_path, m
 
 import argparse
 import json
+import re
+import statistics
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -152,6 +156,40 @@ def markdown_table(runs: Sequence[Run]) -> str:
   return '\n'.join(lines)
 
 
+def seed_groups(runs: Sequence[Run]) -> list[list[int]]:
+  """Indices of the runs whose configs differ in the seed (and eval settings) only, in groups of
+  two or more."""
+  groups: dict[str, list[int]] = {}
+  for i, run in enumerate(runs):
+    if run.config:
+      rest = {k: v for k, v in run.config.items() if k not in ('seed', 'eval')}
+      groups.setdefault(json.dumps(rest, sort_keys=True), []).append(i)
+  return [g for g in groups.values() if len(g) > 1]
+
+
+def _final_top1(run: Run) -> float | None:
+  evals = [r['eval/top1'] for r in run.records if 'eval/top1' in r]
+  return evals[-1] if evals else None
+
+
+def seeds_table(runs: Sequence[Run]) -> str:
+  """Per group of `seed_groups`: runs, final top-1 mean +- std, lowest and highest ('' if none)."""
+  names = run_names(runs)
+  lines = []
+  for group in seed_groups(runs):
+    top1 = [t for t in (_final_top1(runs[i]) for i in group) if t is not None]
+    if len(top1) < 2:
+      continue
+    labels = {re.sub(r'_seed-\d+$', '', names[i]) for i in group}
+    label = labels.pop() if len(labels) == 1 else ', '.join(names[i] for i in group)
+    lines.append(f'| {label} | {len(top1)} | {100 * statistics.mean(top1):.2f} +- '
+                 f'{100 * statistics.stdev(top1):.2f} | {_pct(min(top1))} | {_pct(max(top1))} |')
+  if not lines:
+    return ''
+  return '\n'.join(['| runs | n | top-1 final mean +- std (%) | lowest (%) | highest (%) |',
+                    '|---|---:|---:|---:|---:|', *lines])
+
+
 def overlay_figure(runs: Sequence[Run]) -> Figure:
   """Top-1 error (%) against iterations: train thin dashed, test bold, one colour per run."""
   fig = Figure(figsize=(9, 5.5), layout='constrained')
@@ -196,10 +234,14 @@ def write_report(workdirs: Sequence[str | Path], out_dir: str | Path) -> tuple[P
   out_dir = Path(out_dir)
   png = save(overlay_figure(runs), out_dir / 'report.png')
   md = out_dir / 'report.md'
-  md.write_text(f'# Runs\n\n![top-1 error](report.png)\n\n{markdown_table(runs)}\n\n'
-                'Accuracies in %. Best: the evaluation with the highest top-1 (@ its step); '
-                'top-5 best is the top-5 of that evaluation. A protocol column: the latest '
-                'checkpoint evaluated with that protocol (`--mode=eval`).\n')
+  text = (f'# Runs\n\n![top-1 error](report.png)\n\n{markdown_table(runs)}\n\n'
+          'Accuracies in %. Best: the evaluation with the highest top-1 (@ its step); '
+          'top-5 best is the top-5 of that evaluation. A protocol column: the latest '
+          'checkpoint evaluated with that protocol (`--mode=eval`).\n')
+  if seeds := seeds_table(runs):
+    text += (f'\n## Over seeds\n\nRuns whose configs differ in the seed only; the final '
+             f'evaluation\'s top-1, standard deviation over the runs (n - 1).\n\n{seeds}\n')
+  md.write_text(text)
   return png, md
 
 

@@ -11,6 +11,8 @@ anything runs, naming the changed keys: its results would otherwise be reused as
 A sweep config may also name `EVAL_PROTOCOLS` (e.g. `('ten_crop',)`, the paper's ImageNet
 tables): each finished point's final checkpoint is then evaluated with each of them as
 `--mode=eval` does (once: a rerun finds the results), and the report gets a column for each.
+`--seeds N` runs every point N times, with seeds seed, seed + 1, ... (the paper reports its
+CIFAR ResNet-110 over 5 runs); the report then gives each point's mean, spread and best.
 `--print-commands` prints one `resnet_jax.main` command per point instead, for a cluster
 scheduler, then one `--mode=eval` command per point and protocol, to run after training. At the
 end the report (overlay figure and table) of all finished points is written into DIR.
@@ -133,8 +135,19 @@ class SweepError(RuntimeError):
   """Some points failed (non-finite loss); the message names them."""
 
 
+def with_seeds(grid: list[dict[str, Any]], first: int, seeds: int) -> list[dict[str, Any]]:
+  """Each point `seeds` times, with seeds first, first + 1, ...; the grid as it is for 1."""
+  if seeds < 1:
+    raise ValueError(f'--seeds={seeds}: a sweep runs each point at least once')
+  if seeds == 1:
+    return grid
+  if any('seed' in point for point in grid):
+    raise ValueError('--seeds: the sweep config varies the seed itself')
+  return [{**point, 'seed': first + k} for point in grid for k in range(seeds)]
+
+
 def run_sweep(spec: str, workdir: str | Path, extra: dict[str, Any] | None = None,
-              print_commands: bool = False) -> list[Path]:
+              print_commands: bool = False, seeds: int = 1) -> list[Path]:
   """Runs (or prints) every point; returns the sub-workdirs.
 
   A point whose loss turns non-finite fails without stopping the others; SweepError names the
@@ -142,6 +155,7 @@ def run_sweep(spec: str, workdir: str | Path, extra: dict[str, Any] | None = Non
   with its checkpoint saved: the same command resumes it.
   """
   base, grid, protocols = load_sweep(spec)
+  grid = with_seeds(grid, base.seed, seeds)
   if clash := sorted({key for point in grid for key in point} & set(extra or {})):
     raise ValueError(f'--set {", ".join(clash)}: the grid of {spec} varies it, and a --set '
                      'would make its points one run')
@@ -203,10 +217,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                       help='print the per-point commands and exit')
   parser.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
                       help='override for every point, e.g. --set=num_epochs=1 (repeatable)')
+  parser.add_argument('--seeds', type=int, default=1,
+                      help='runs of every point, with consecutive seeds (default 1)')
   args = parser.parse_args(argv)
   own_info_logs_only()
   try:
-    run_sweep(args.config, args.workdir, parse_set(args.set), args.print_commands)
+    run_sweep(args.config, args.workdir, parse_set(args.set), args.print_commands, args.seeds)
   except (ValueError, KeyError, TypeError, OSError, SweepError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 1

@@ -4,6 +4,7 @@ import io
 import json
 import logging
 import math
+import statistics
 import struct
 import subprocess
 import sys
@@ -297,6 +298,23 @@ def test_report_has_a_column_per_eval_protocol_of_the_latest_checkpoint(tmp_path
   assert rows[0].endswith('| top-1 multi_scale-16-24 (%) | top-1 ten_crop (%) |')
   assert rows[1].endswith('| 70.00 | 61.23 |')
   assert rows[2].endswith('| - | 40.00 @30 |')
+
+
+def test_report_gives_mean_spread_and_range_over_runs_that_differ_in_seed_only(tmp_path):
+  seeded = [fake_run(tmp_path, f'resnet20_seed-{k}', seed=k) for k in range(3)]
+  other = fake_run(tmp_path, 'plain20', model='cifar_plain20', seed=5)
+  _, md = report.write_report([*seeded, other], tmp_path / 'out')
+  text = md.read_text()
+  finals = [[r for r in read_metrics(w) if 'eval/top1' in r][-1]['eval/top1'] for w in seeded]
+  assert len(set(finals)) == 3
+  section = text.split('## Over seeds')[1]
+  [row] = [l for l in section.splitlines() if l.startswith('| resnet20')]
+  assert row == (f'| resnet20 | 3 | {100 * statistics.mean(finals):.2f} +- '
+                 f'{100 * statistics.stdev(finals):.2f} | {100 * min(finals):.2f} | '
+                 f'{100 * max(finals):.2f} |')
+  assert 'plain20' not in section
+  _, md = report.write_report([seeded[0], other], tmp_path / 'out2')
+  assert 'Over seeds' not in md.read_text()
 
 
 def test_report_cli_default_out_is_the_parent(tmp_path, capsys):

@@ -161,6 +161,28 @@ def parse_main_config(command: list[str]):
   return fv.config
 
 
+@pytest.mark.usefixtures('rbg_keys')
+def test_seeds_run_each_point_again_and_the_report_sums_them_up(config_file, tmp_path):
+  out = tmp_path / 'sweep'
+  assert sweep.main([f'--config={config_file}', f'--workdir={out}', '--seeds=2']) == 0
+  names = [f'{p}_seed-{k}' for p in POINTS for k in (0, 1)]
+  assert sorted(p.name for p in out.iterdir() if p.is_dir()) == sorted(names)
+  assert [json.loads((out / n / 'config.json').read_text())['seed'] for n in names] == [0, 1] * 2
+  section = (out / 'report.md').read_text().split('## Over seeds')[1]
+  assert [l.split(' | ')[:2] for l in section.splitlines() if l.startswith('| name-')] == [
+      [f'| {p}', '2'] for p in POINTS]
+
+
+def test_seeds_are_checked(config_file, tmp_path, capsys):
+  assert sweep.main([f'--config={config_file}', f'--workdir={tmp_path}', '--seeds=0']) == 1
+  assert 'runs each point at least once' in capsys.readouterr().err
+  seeded = tmp_path / 'seeded.py'
+  seeded.write_text(config_file.read_text().replace("{'model.name': 'small_resnet'}",
+                                                    "{'model.name': 'small_resnet', 'seed': 3}"))
+  assert sweep.main([f'--config={seeded}', f'--workdir={tmp_path}', '--seeds=2']) == 1
+  assert 'varies the seed itself' in capsys.readouterr().err
+
+
 def test_an_override_carries_to_the_fields_computed_from_it():
   from resnet_jax.recipes import load_recipe
   base = load_recipe('fashion_mnist:resnet20,best')   # evaluates every 10 epochs

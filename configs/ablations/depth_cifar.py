@@ -1,6 +1,8 @@
 """The CIFAR-10 depth sweep of the paper's Table 6: ResNet-20, 32, 44, 56, 110 and 1202.
 
     python -m resnet_jax.sweep --config=configs/ablations/depth_cifar.py --workdir=runs/depth
+    python -m resnet_jax.sweep --config=configs/ablations/depth_cifar.py --workdir=runs/depth5 \
+        --seeds=5      # each depth 5 times, as the paper ran ResNet-110: mean +- std in the report
     python -m resnet_jax.sweep --config=configs/ablations/depth_cifar.py:fashion_mnist \
         --workdir=runs/depth_fmnist
 
