@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The Fashion-MNIST runs of docs/results.md, on one GPU, in one call:
 #
-#   benchmarks/fashion_mnist_runs.sh OUT [DATA_DIR] [fast|best|degradation|shortcuts|budget|tta ...]
+#   benchmarks/fashion_mnist_runs.sh OUT [DATA_DIR] [fast|best|degradation|shortcuts|budget|tta|responses ...]
 #
 # fast: the fast variant (configs/fashion_mnist.py:resnet20,fast), one run at a time (each alone
 #   on the GPU, timed with /usr/bin/time): fast_eE[_overrides]_cold (see FAST_RUNS below)
@@ -11,13 +11,15 @@
 # epochs, default 30) and the depth-vs-width sweep at 1.7M parameters
 # (configs/ablations/budget_fashion_mnist.py, $BUDGET_EPOCHS, default the recipe's 120), $JOBS
 # processes sharing the GPU at once (timings of these are not reported).
+# responses: after the runs, the std of the layer responses (the paper's Fig. 7) of the
+#   degradation runs (resnet_jax.analysis.responses; OUT/responses/).
 # tta: each best run's final checkpoint evaluated again with test-time augmentation
 #   (--mode=eval): eval.protocol=ten_crop, which on 28x28 images without eval_resize averages
 #   each image and its mirror image, and padded_ten_crop (the image and four copies shifted by
 #   data.pad pixels, as training's pad-crop, and their mirror images).
 # Every run's log lands in OUT; `results.txt` lists final test accuracies.
 set -u
-out=${1:?usage: fashion_mnist_runs.sh OUT [DATA_DIR] [fast|best|degradation|shortcuts|budget|tta ...]}
+out=${1:?usage: fashion_mnist_runs.sh OUT [DATA_DIR] [fast|best|degradation|shortcuts|budget|tta|responses ...]}
 data=${2:-/usr/share/datasets/fashion-mnist}
 shift 2 || shift $#
 parts=${*:-fast best degradation shortcuts}
@@ -66,6 +68,7 @@ sweep_commands() {   # sweep config: its per-point commands, with this data dir 
 }
 
 tta=0
+responses=0
 jobs_file=$out/parallel_jobs.txt
 : >"$jobs_file"
 for part in $parts; do
@@ -92,6 +95,7 @@ for part in $parts; do
         echo "${main[*]/fashion_mnist.py/fashion_mnist.py:${spec%%:*},best} $(best_args "$spec")" >>"$jobs_file"
       done ;;
     tta) tta=1 ;;   # after the parallel jobs, which may train the runs it evaluates
+    responses) responses=1 ;;   # likewise
     degradation)   # the 56-layer points first: they take longest
       points=$(sweep_commands configs/ablations/degradation.py:fashion_mnist)
       grep -E 'cifar_(plain|resnet)56' <<<"$points" >>"$jobs_file"
@@ -122,6 +126,10 @@ if [ "$tta" = 1 ]; then
         >"$out/tta_${protocol}_${spec//[:,=]/_}.log" 2>&1
     done
   done
+fi
+if [ "$responses" = 1 ]; then
+  python3 -m resnet_jax.analysis.responses "$out"/degradation/name-* --out="$out/responses" \
+    >"$out/responses.log" 2>&1
 fi
 for summary in "$out"/*/summary.json "$out"/*/*/summary.json; do
   [ -f "$summary" ] && python3 -c "import json,sys; s=json.load(open(sys.argv[1])); \
