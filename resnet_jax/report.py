@@ -96,12 +96,16 @@ def protocol_evals(workdir: Path) -> dict[str, dict[str, Any]]:
   return found
 
 
-def run_names(runs: Sequence[Run]) -> list[str]:
+def short_names(paths: Sequence[Path]) -> list[str]:
   """Directory names; parent/name where names repeat."""
-  names = [r.path.name for r in runs]
+  names = [p.name for p in paths]
   if len(set(names)) < len(names):
-    names = [f'{r.path.parent.name}/{r.path.name}' for r in runs]
+    names = [f'{p.parent.name}/{p.name}' for p in paths]
   return names
+
+
+def run_names(runs: Sequence[Run]) -> list[str]:
+  return short_names([r.path for r in runs])
 
 
 def labels(runs: Sequence[Run]) -> list[str]:

@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from resnet_jax.report import short_names
+
 ModulePath = tuple[str, ...]   # a module's path in the variables tree
 _BLOCK_BN = re.compile(r'stage(\d+)_block(\d+)$')
 
@@ -117,11 +119,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument('--checkpoint', choices=['latest', 'best'], default='latest')
   parser.add_argument('--out', type=Path, default=Path('responses'), help='output directory')
   args = parser.parse_args(argv)
-  names = [w.name for w in args.workdirs]
-  if len(set(names)) < len(names):
-    names = [f'{w.parent.name}/{w.name}' for w in args.workdirs]
   try:
-    results = {n: run_responses(w, args.checkpoint) for n, w in zip(names, args.workdirs)}
+    results = {n: run_responses(w, args.checkpoint)
+               for n, w in zip(short_names(args.workdirs), args.workdirs)}
   except (FileNotFoundError, ValueError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
