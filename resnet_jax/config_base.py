@@ -123,7 +123,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = 0  # 0 = at the end of every epoch and at the end
   c.keep_checkpoints = 2
   c.keep_best_checkpoints = 1
-  c.best_metric = 'eval/top1'
+  c.best_metric = 'eval/top1'  # or eval/class_mean_top1 (balanced), eval/loss, eval/live_*
   c.profile_steps = (0, 0)    # (first, last) step of a JAX profiler trace; (0, 0) = off
 
   c.eval = ml_collections.ConfigDict(dict(   # --mode=eval; training evals are centre crops

@@ -306,6 +306,9 @@ def summarize(sums: dict[str, Any], class_names: tuple[str, ...]) -> dict[str, A
   per_class = [{'class': name, 'count': int(confusion[i].sum()),
                 'top1': float(confusion[i, i] / confusion[i].sum()) if confusion[i].sum() else None}
                for i, name in enumerate(class_names)]
+  present = [c['top1'] for c in per_class if c['top1'] is not None]
   return {'eval/loss': float(sums['loss']) / n, 'eval/top1': float(sums['top1']) / n,
-          'eval/top5': float(sums['top5']) / n, 'num_examples': int(n), 'per_class': per_class,
+          'eval/top5': float(sums['top5']) / n,
+          'eval/class_mean_top1': float(np.mean(present)), 'num_examples': int(n),
+          'per_class': per_class,
           'class_names': list(class_names), 'confusion_matrix': confusion.tolist()}

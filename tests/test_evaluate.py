@@ -185,10 +185,12 @@ def test_protocols_equal_the_centre_crop_when_the_model_ignores_the_input(source
   last = len(counts) - 1   # every example is predicted as the last class
   assert np.array(centre['confusion_matrix'])[:, last].sum() == n
   assert centre['eval/top1'] == pytest.approx(counts[last] / n)
+  # balanced: the last class all right, every other class present all wrong
+  assert centre['eval/class_mean_top1'] == pytest.approx(1 / np.count_nonzero(counts))
   for other in (results[p] for p in eval_protocols.PROTOCOLS if p != 'center_crop'):
     assert other.keys() == centre.keys()
     assert other['confusion_matrix'] == centre['confusion_matrix']
-    for key in ('eval/loss', 'eval/top1', 'eval/top5'):
+    for key in ('eval/loss', 'eval/top1', 'eval/top5', 'eval/class_mean_top1'):
       assert other[key] == pytest.approx(centre[key], rel=1e-5)
 
 

@@ -139,11 +139,32 @@ def test_evaluation_with_an_ema_reports_the_ema_and_the_live_weights(devices):
   ema_as_live = trainer.evaluate(
       state.replace(params=state.ema_params, batch_stats=state.ema_batch_stats,
                     ema_params=None, ema_batch_stats=None), eval_input)
-  assert set(live_only) == {'eval/loss', 'eval/top1', 'eval/top5'}
-  for k in ('loss', 'top1', 'top5'):
+  assert set(live_only) == {'eval/loss', 'eval/top1', 'eval/top5', 'eval/class_mean_top1'}
+  for k in ('loss', 'top1', 'top5', 'class_mean_top1'):
     assert both[f'eval/live_{k}'] == pytest.approx(live_only[f'eval/{k}'], rel=1e-6)
     assert both[f'eval/{k}'] == pytest.approx(ema_as_live[f'eval/{k}'], rel=1e-6)
   assert both['eval/loss'] != pytest.approx(both['eval/live_loss'], rel=1e-4)
+
+
+def test_eval_counts_top1_per_class_and_averages_the_classes_present():
+  from resnet_jax.train.steps import eval_step
+  from resnet_jax.train.trainer import eval_metrics
+  from tests.helpers import fake_config
+
+  class FixedLogits:   # a model whose logits are its variables
+    def apply(self, variables, images, train):
+      return variables['logits']
+
+  labels = np.array([0, 0, 1, 1, 2])
+  predicted = np.array([0, 1, 1, 1, 0])   # class 0: 1 of 2, class 1: 2 of 2
+  batch = {'image': np.zeros((5, 16, 16, 3), np.uint8), 'label': labels,
+           'mask': np.array([True] * 4 + [False])}   # the class-2 example is padding
+  out = eval_step({'logits': jnp.eye(10)[predicted]}, batch, model=FixedLogits(),
+                  config=fake_config())
+  np.testing.assert_array_equal(out['class_top1'], [1, 2] + [0] * 8)
+  np.testing.assert_array_equal(out['class_count'], [2, 2] + [0] * 8)
+  metrics = eval_metrics(jax.device_get(out))
+  assert metrics['top1'] == 3 / 4 and metrics['class_mean_top1'] == (1 / 2 + 2 / 2) / 2
 
 
 def test_programs_on_a_cpu_mesh_finish_before_the_next_one_starts(devices):

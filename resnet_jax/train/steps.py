@@ -119,7 +119,8 @@ def ema_batch_statistics(state: TrainState, batch: dict[str, jax.Array], *, stat
 
 def eval_step(variables: dict[str, Any], batch: dict[str, jax.Array], *, model: Any,
               config: ml_collections.ConfigDict) -> Metrics:
-  """Sums over the real (unmasked) examples of one eval batch: loss, top-1, top-5, count.
+  """Sums over the real (unmasked) examples of one eval batch: loss, top-1, top-5, count, and
+  per true class the top-1 count (`class_top1`) and the count (`class_count`).
 
   `variables` are the model's ({'params', 'batch_stats'}): the EMA ones or the live ones.
   """
@@ -128,10 +129,14 @@ def eval_step(variables: dict[str, Any], batch: dict[str, jax.Array], *, model: 
   logits = model.apply(variables, images, train=False)
   mask = batch['mask'].astype(jnp.float32)
   labels = batch['label']
-  k5 = min(5, logits.shape[-1])
+  num_classes = logits.shape[-1]
+  top1 = topk_correct(logits, labels, 1) * mask
+  per_class = jnp.zeros(num_classes, jnp.float32)
   return {
       'loss': jnp.sum(cross_entropy(logits, labels, 0.0) * mask),
-      'top1': jnp.sum(topk_correct(logits, labels, 1) * mask),
-      'top5': jnp.sum(topk_correct(logits, labels, k5) * mask),
+      'top1': jnp.sum(top1),
+      'top5': jnp.sum(topk_correct(logits, labels, min(5, num_classes)) * mask),
       'count': jnp.sum(mask),
+      'class_top1': per_class.at[labels].add(top1),
+      'class_count': per_class.at[labels].add(mask),
   }

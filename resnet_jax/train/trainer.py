@@ -19,7 +19,20 @@ from resnet_jax.train.steps import ema_batch_statistics, eval_step, train_step
 if TYPE_CHECKING:
   from resnet_jax.train.restore import TrainedModel
 
-EVAL_METRICS = ('loss', 'top1', 'top5')   # each as eval/<m>, and eval/live_<m> with an EMA
+# Each as eval/<m>, and eval/live_<m> with an EMA. class_mean_top1: the mean over the classes of
+# their top-1 (balanced accuracy), the figure that counts where classes are unequal in size.
+EVAL_METRICS = ('loss', 'top1', 'top5', 'class_mean_top1')
+
+
+def eval_metrics(sums: dict[str, Any]) -> dict[str, float]:
+  """EVAL_METRICS of one eval pass from `eval_step`'s summed outputs (on the host); the class
+  mean leaves out the classes the split lacks."""
+  n = float(sums['count'])
+  present = sums['class_count'] > 0
+  return {'loss': float(sums['loss']) / n, 'top1': float(sums['top1']) / n,
+          'top5': float(sums['top5']) / n,
+          'class_mean_top1': float(np.mean(sums['class_top1'][present]
+                                           / sums['class_count'][present]))}
 
 
 def eval_metric_names(config: ml_collections.ConfigDict) -> list[str]:
@@ -191,11 +204,8 @@ class Trainer:
         # overlap (parallel.finish_on_cpu_meshes).
         out = parallel.finish_on_cpu_meshes(self.eval_step(variables, batch), self.mesh)
         sums[prefix] = out if sums[prefix] is None else jax.tree.map(jnp.add, sums[prefix], out)
-    metrics = {}
-    for prefix, total in jax.device_get(sums).items():
-      n = float(total['count'])
-      metrics.update({prefix + k: float(total[k]) / n for k in EVAL_METRICS})
-    return metrics
+    return {prefix + k: v for prefix, total in jax.device_get(sums).items()
+            for k, v in eval_metrics(total).items()}
 
 
 def create_trainer(config: ml_collections.ConfigDict, *, train: bool = True):
