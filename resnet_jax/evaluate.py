@@ -48,7 +48,7 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str | Path) -> 
                                           trainer.state_sharding)
   sums = eval_protocols.evaluate_views(eval_step, state, eval_input)
   results = dict(eval_protocols.summarize(sums, eval_input.info.class_names), step=step,
-                 checkpoint=which, protocol=config.eval.protocol, tag=eval_tag(config))
+                 checkpoint=which, protocol=config.eval.protocol)
   if config.eval.protocol == 'multi_scale':
     results['scales'] = list(protocol.scales)
   if config.eval.protocol == 'padded_ten_crop':

@@ -9,7 +9,7 @@ the runs are a sweep's points):
 - `report.md`: a Markdown table, one row per run: model, parameters, final and best eval top-1 and
   top-5 accuracy, final training error, steps and wall time; and the top-1 of each eval protocol
   that `--mode=eval` (or the sweep's `EVAL_PROTOCOLS`) ran on a run's latest checkpoint, e.g.
-  `ten_crop`, the paper's ImageNet figures. Where runs differ in their seed only (a sweep's
+  `ten_crop`, the paper's ImageNet figures. Where runs differ at most in their seed (a sweep's
   `--seeds`), a second table gives each such group's final top-1: mean +- standard deviation,
   lowest and highest (the paper's "best (mean+-std)" of its 5 ResNet-110 runs).
 
@@ -84,15 +84,19 @@ def load_run(workdir: str | Path) -> Run:
              _read_json(path / 'summary.json'), protocol_evals(path))
 
 
+_EVAL_FILE = re.compile(r'eval_(.+)_latest_(\d+)\.json$')   # as evaluate.result_path names them
+
+
 def protocol_evals(workdir: Path) -> dict[str, dict[str, Any]]:
-  """The `--mode=eval` results of each protocol (tag) on the run's latest checkpoint, the one of
-  the highest step where there are several."""
+  """The `--mode=eval` results on the run's latest checkpoint by protocol tag (the protocol with
+  the settings that change its views, from the file name), those of the highest step where
+  there are several."""
   found: dict[str, dict[str, Any]] = {}
-  for path in sorted(workdir.glob('eval_*_latest_*.json')):
-    results = _read_json(path)
-    tag = results.get('tag')
-    if tag and results['step'] >= found.get(tag, {}).get('step', -1):
-      found[tag] = results
+  for path in workdir.glob('eval_*_latest_*.json'):
+    if match := _EVAL_FILE.match(path.name):
+      tag, step = match.group(1), int(match.group(2))
+      if step > found.get(tag, {}).get('step', -1):
+        found[tag] = dict(_read_json(path), step=step)
   return found
 
 
@@ -161,8 +165,8 @@ def markdown_table(runs: Sequence[Run]) -> str:
 
 
 def seed_groups(runs: Sequence[Run]) -> list[list[int]]:
-  """Indices of the runs whose configs differ in the seed (and eval settings) only, in groups of
-  two or more."""
+  """Indices of the runs whose configs differ at most in the seed (and eval settings), in groups
+  of two or more."""
   groups: dict[str, list[int]] = {}
   for i, run in enumerate(runs):
     if run.config:
@@ -184,7 +188,7 @@ def seeds_table(runs: Sequence[Run]) -> str:
     top1 = [t for t in (_final_top1(runs[i]) for i in group) if t is not None]
     if len(top1) < 2:
       continue
-    labels = {re.sub(r'_seed-\d+$', '', names[i]) for i in group}
+    labels = {re.sub(r'(^|_)seed-\d+$', '', names[i]) or 'base' for i in group}
     label = labels.pop() if len(labels) == 1 else ', '.join(names[i] for i in group)
     lines.append(f'| {label} | {len(top1)} | {100 * statistics.mean(top1):.2f} +- '
                  f'{100 * statistics.stdev(top1):.2f} | {_pct(min(top1))} | {_pct(max(top1))} |')
@@ -243,7 +247,7 @@ def write_report(workdirs: Sequence[str | Path], out_dir: str | Path) -> tuple[P
           'top-5 best is the top-5 of that evaluation. A protocol column: the latest '
           'checkpoint evaluated with that protocol (`--mode=eval`).\n')
   if seeds := seeds_table(runs):
-    text += (f'\n## Over seeds\n\nRuns whose configs differ in the seed only; the final '
+    text += (f'\n## Over seeds\n\nRuns whose configs differ at most in the seed; the final '
              f'evaluation\'s top-1, standard deviation over the runs (n - 1).\n\n{seeds}\n')
   md.write_text(text)
   return png, md

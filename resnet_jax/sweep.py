@@ -5,17 +5,20 @@ also defines `get_sweep(arg) -> list[dict]`: one dict of config overrides per gr
 `{'model.name': 'cifar_plain20'}`. Each point trains in `DIR/<point name>`, one after another on
 the local devices; a point whose run finished is not run again, a point that was interrupted
 resumes from its checkpoint, a preempted point (SIGTERM) stops the sweep, and a point whose loss
-turns non-finite fails without stopping the others (exit status 1, naming it). A point whose
-workdir was run with another config (an edited sweep file, another --set) stops the sweep before
-anything runs, naming the changed keys: its results would otherwise be reused as they are.
+turns non-finite (or whose evaluation below fails) fails without stopping the others (exit
+status 1, naming it). A point whose workdir was run with another config (an edited sweep file,
+another --set) stops the sweep before anything runs, naming the changed keys: its results would
+otherwise be reused as they are.
+
 A sweep config may also name `EVAL_PROTOCOLS` (e.g. `('ten_crop',)`, the paper's ImageNet
 tables): each finished point's final checkpoint is then evaluated with each of them as
 `--mode=eval` does (once: a rerun finds the results), and the report gets a column for each.
-`--seeds N` runs every point N times, with seeds seed, seed + 1, ... (the paper reports its
-CIFAR ResNet-110 over 5 runs); the report then gives each point's mean, spread and best.
-`--print-commands` prints one `resnet_jax.main` command per point instead, for a cluster
-scheduler, then one `--mode=eval` command per point and protocol, to run after training. At the
-end the report (overlay figure and table) of all finished points is written into DIR.
+`--seeds N` runs every point N times, with seeds S, S + 1, ... (S: `--set seed=S`, else the
+config's seed; the paper reports its CIFAR ResNet-110 over 5 runs); the report then gives each
+point's mean, spread and range. `--print-commands` prints one `resnet_jax.main` command per
+point instead, for a cluster scheduler, then one `--mode=eval` command per point and protocol,
+to run after training. At the end the report (overlay figure and table) of all finished points
+is written into DIR.
 """
 
 import argparse
@@ -91,9 +94,13 @@ def parse_set(items: list[str]) -> dict[str, Any]:
   return out
 
 
-def is_finished(workdir: Path) -> bool:
-  summary = workdir / 'summary.json'
-  return summary.exists() and not json.loads(summary.read_text()).get('preempted', False)
+def finished_at(workdir: Path) -> int | None:
+  """The last step of the finished run in `workdir`; None where it has not finished."""
+  path = workdir / 'summary.json'
+  if not path.exists():
+    return None
+  summary = json.loads(path.read_text())
+  return None if summary.get('preempted', False) else summary['steps']
 
 
 def command_for(spec: str, workdir: Path, overrides: dict[str, Any],
@@ -101,10 +108,10 @@ def command_for(spec: str, workdir: Path, overrides: dict[str, Any],
   """The `resnet_jax.main` command that trains a point, or evaluates its final checkpoint with
   `eval_protocol`."""
   args = ['python', '-m', 'resnet_jax.main', f'--config={spec}', f'--workdir={workdir}']
-  if eval_protocol:
+  args += [f'--config.{k}={v}' for k, v in overrides.items()]
+  if eval_protocol:   # last: they win over an eval.* override, as in protocol_configs
     args += ['--mode=eval', f'--config.eval.protocol={eval_protocol}',
              '--config.eval.checkpoint=latest']
-  args += [f'--config.{k}={v}' for k, v in overrides.items()]
   return ' '.join(shlex.quote(a) for a in args)
 
 
@@ -120,11 +127,10 @@ def protocol_configs(config: ml_collections.ConfigDict,
   return configs
 
 
-def evaluate_point(workdir: Path, configs: Sequence[ml_collections.ConfigDict]) -> None:
-  """Evaluates a finished point's final checkpoint with each config's protocol, where no
-  results of that protocol on that checkpoint are there yet."""
+def evaluate_point(workdir: Path, step: int, configs: Sequence[ml_collections.ConfigDict]) -> None:
+  """Evaluates a finished point's final checkpoint (`step`) with each config's protocol, where
+  no results of that protocol on that checkpoint are there yet."""
   from resnet_jax.evaluate import evaluate_workdir, result_path
-  step = json.loads((workdir / 'summary.json').read_text())['steps']
   for config in configs:
     if not result_path(workdir, config, 'latest', step).exists():
       print(f'{workdir.name}: evaluating with {config.eval.protocol}', flush=True)
@@ -132,7 +138,7 @@ def evaluate_point(workdir: Path, configs: Sequence[ml_collections.ConfigDict]) 
 
 
 class SweepError(RuntimeError):
-  """Some points failed (non-finite loss); the message names them."""
+  """Some points failed (a non-finite loss, or their evaluation); the message names them."""
 
 
 def with_seeds(grid: list[dict[str, Any]], first: int, seeds: int) -> list[dict[str, Any]]:
@@ -150,12 +156,14 @@ def run_sweep(spec: str, workdir: str | Path, extra: dict[str, Any] | None = Non
               print_commands: bool = False, seeds: int = 1) -> list[Path]:
   """Runs (or prints) every point; returns the sub-workdirs.
 
-  A point whose loss turns non-finite fails without stopping the others; SweepError names the
-  failed points after the report is written. A preempted point (SIGTERM) stops the sweep at once,
-  with its checkpoint saved: the same command resumes it.
+  A point whose loss turns non-finite, or whose evaluation with EVAL_PROTOCOLS fails, fails
+  without stopping the others; SweepError names the failed points after the report is written.
+  A preempted point (SIGTERM) stops the sweep at once, with its checkpoint saved: the same command
+  resumes it. With `seeds` > 1 a `seed` in `extra` is the first seed.
   """
   base, grid, protocols = load_sweep(spec)
-  grid = with_seeds(grid, base.seed, seeds)
+  extra = dict(extra or {})
+  grid = with_seeds(grid, extra.pop('seed', base.seed) if seeds > 1 else base.seed, seeds)
   if clash := sorted({key for point in grid for key in point} & set(extra or {})):
     raise ValueError(f'--set {", ".join(clash)}: the grid of {spec} varies it, and a --set '
                      'would make its points one run')
@@ -184,7 +192,8 @@ def run_sweep(spec: str, workdir: str | Path, extra: dict[str, Any] | None = Non
   from resnet_jax.train.loop import train_and_evaluate
   failed = []
   for sub, config, eval_configs in zip(runs, configs, evals):
-    if is_finished(sub):
+    step = finished_at(sub)
+    if step is not None:
       print(f'{sub.name}: finished before, not run again', flush=True)
     else:
       print(f'{sub.name}: training', flush=True)
@@ -198,8 +207,13 @@ def run_sweep(spec: str, workdir: str | Path, extra: dict[str, Any] | None = Non
         print(f'{sub.name}: preempted, checkpoint saved; the same command resumes the sweep',
               flush=True)
         return runs
-    evaluate_point(sub, eval_configs)
-  finished = [r for r in runs if is_finished(r)]
+      step = summary['steps']
+    try:
+      evaluate_point(sub, step, eval_configs)
+    except (ValueError, OSError, RuntimeError) as e:   # bad data, no checkpoint, out of memory
+      print(f'{sub.name}: evaluation failed: {e}', file=sys.stderr, flush=True)
+      failed.append(f'{sub.name} (evaluation)')
+  finished = [r for r in runs if finished_at(r) is not None]
   if finished:
     png, md = write_report(finished, workdir)
     print(f'report: {png}, {md}')

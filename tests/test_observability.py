@@ -285,9 +285,8 @@ def test_report_overlays_two_runs(tmp_path):
 def test_report_has_a_column_per_eval_protocol_of_the_latest_checkpoint(tmp_path):
   a, b = fake_run(tmp_path, 'a'), fake_run(tmp_path, 'b', seed=1)
   def evaluated(run, tag, which, step, top1):
-    (run / f'eval_{tag}_{which}_{step}.json').write_text(json.dumps(
-        {'tag': tag, 'protocol': tag.split('-')[0], 'checkpoint': which, 'step': step,
-         'eval/top1': top1}))
+    (run / f'eval_{tag}_{which}_{step}.json').write_text(json.dumps(   # the tag: from the name
+        {'protocol': tag.split('-')[0], 'checkpoint': which, 'step': step, 'eval/top1': top1}))
   evaluated(a, 'ten_crop', 'latest', 30, 0.5)       # an earlier checkpoint's: superseded
   evaluated(a, 'ten_crop', 'latest', 40, 0.61234)
   evaluated(a, 'ten_crop', 'best', 20, 0.9)         # the best checkpoint's: not the column

@@ -3,6 +3,7 @@
 import json
 import os
 import shlex
+import shutil
 import signal
 import sys
 import threading
@@ -69,7 +70,7 @@ def test_runs_resumes_and_reports(config_file, tmp_path, capsys):
   assert summary(first)['steps'] == 2 and not summary(first)['preempted']
   # EVAL_PROTOCOLS: the final checkpoint evaluated with ten_crop, its top-1 a column of the report
   ten_crop = json.loads((first / 'eval_ten_crop_latest_2.json').read_text())
-  assert (ten_crop['tag'], ten_crop['step'], ten_crop['num_examples']) == ('ten_crop', 2, 32)
+  assert (ten_crop['protocol'], ten_crop['step'], ten_crop['num_examples']) == ('ten_crop', 2, 32)
   assert not list((out / DIVERGING).glob('eval_*.json'))   # a failed point is not evaluated
   table = (out / 'report.md').read_text()
   lines = table.splitlines()
@@ -92,6 +93,17 @@ def test_runs_resumes_and_reports(config_file, tmp_path, capsys):
   table = (out / 'report.md').read_text()
   assert all(f'| {name} |' in table for name in POINTS)
   assert (out / 'report.png').read_bytes() != one_point_figure   # redrawn with both points
+
+  # A point whose evaluation fails (here: its results and checkpoints gone) is named; the others
+  # and the report go on.
+  (first / 'eval_ten_crop_latest_2.json').unlink()
+  shutil.rmtree(first / 'checkpoints')
+  report_time = (out / 'report.md').stat().st_mtime_ns
+  assert sweep.main([f'--config={config_file}', f'--workdir={out}']) == 1
+  err = capsys.readouterr().err
+  assert f'{POINTS[0]}: evaluation failed: ' in err
+  assert f'1 point(s) failed: {POINTS[0]} (evaluation)' in err
+  assert (out / 'report.md').stat().st_mtime_ns > report_time
 
 
 @pytest.mark.usefixtures('rbg_keys')
@@ -164,10 +176,11 @@ def parse_main_config(command: list[str]):
 @pytest.mark.usefixtures('rbg_keys')
 def test_seeds_run_each_point_again_and_the_report_sums_them_up(config_file, tmp_path):
   out = tmp_path / 'sweep'
-  assert sweep.main([f'--config={config_file}', f'--workdir={out}', '--seeds=2']) == 0
-  names = [f'{p}_seed-{k}' for p in POINTS for k in (0, 1)]
+  assert sweep.main([f'--config={config_file}', f'--workdir={out}', '--seeds=2',
+                     '--set=seed=5']) == 0   # the first seed
+  names = [f'{p}_seed-{k}' for p in POINTS for k in (5, 6)]
   assert sorted(p.name for p in out.iterdir() if p.is_dir()) == sorted(names)
-  assert [json.loads((out / n / 'config.json').read_text())['seed'] for n in names] == [0, 1] * 2
+  assert [json.loads((out / n / 'config.json').read_text())['seed'] for n in names] == [5, 6] * 2
   section = (out / 'report.md').read_text().split('## Over seeds')[1]
   assert [l.split(' | ')[:2] for l in section.splitlines() if l.startswith('| name-')] == [
       [f'| {p}', '2'] for p in POINTS]
@@ -193,7 +206,8 @@ def test_an_override_carries_to_the_fields_computed_from_it():
 def test_print_commands_one_per_point(config_file, tmp_path, capsys):
   out = tmp_path / 'sweep'
   assert sweep.main([f'--config={config_file}', f'--workdir={out}', '--print-commands',
-                     '--set=num_steps=7', '--set=data.fake_image_shape=[8,8,1]']) == 0
+                     '--set=num_steps=7', '--set=data.fake_image_shape=[8,8,1]',
+                     '--set=eval.checkpoint=best']) == 0
   lines = capsys.readouterr().out.splitlines()
   assert len(lines) == 4   # training, then evaluating with EVAL_PROTOCOLS, each point
   base, grid, _ = sweep.load_sweep(str(config_file))
@@ -206,6 +220,7 @@ def test_print_commands_one_per_point(config_file, tmp_path, capsys):
     config = parse_main_config(command)
     expected = sweep.apply_overrides(
         base, {**point, 'num_steps': 7, 'data.fake_image_shape': (8, 8, 1),
+               'eval.checkpoint': 'best',   # the eval commands evaluate the latest, as in-process
                **({'eval.protocol': 'ten_crop', 'eval.checkpoint': 'latest'} if evaluating
                   else {})})
     assert config.to_dict() == expected.to_dict()
