@@ -10,9 +10,9 @@ device. The variant argument picks another CIFAR-family model (`:resnet56`, `:pl
 `--config.num_epochs` sets the length (default 30).
 
 `:resnet20,fast` is the fast recipe (width 32, batch 512, bf16, 30 epochs; docs/results.md):
-95.17% test top-1 in 27.61 s of process wall time on one H200 from an empty compilation cache,
-23.79 s from a warm one; 30.67-32.10 s cold in three later runs on other H200 machines
-(docs/results.md, 2026-12-04).
+95.14% test top-1 in 22.49 s and 22.15 s of process wall time on one H100 from empty compilation
+caches, 22.17 s from a warm one (2026-12-05); on H200s 95.17% in 27.61-32.10 s cold
+(2026-12-04).
 
 `:resnet20,best` is the most accurate recipe with at most 1.7M parameters (width 40, 1,675,810
 parameters, 120 epochs, EMA with recomputed BN statistics; resnet_jax/recipes.py:best_recipe):
