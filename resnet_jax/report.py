@@ -54,6 +54,11 @@ class Run:
   protocol_evals: dict[str, dict[str, Any]]   # tag -> results on the latest checkpoint
 
   @property
+  def evals(self) -> list[dict[str, Any]]:
+    """The records of its evaluations, in step order."""
+    return [r for r in self.records if 'eval/top1' in r]
+
+  @property
   def model(self) -> str:
     return str(self.run_info.get('model') or self.config.get('model', {}).get('name') or '?')
 
@@ -132,7 +137,7 @@ def _protocol_cell(results: dict[str, Any] | None, last_step: int) -> str:
 def row(run: Run, label: str, tags: Sequence[str] = ()) -> list[str]:
   """A table row: run, model, params, top-1 final/best, top-5 final/best, train error, steps, time,
   and the top-1 of each protocol in `tags` (@ its step where that is not the run's last)."""
-  evals = [r for r in run.records if 'eval/top1' in r]
+  evals = run.evals
   final = evals[-1] if evals else {}
   best = max(evals, key=lambda r: r['eval/top1']) if evals else {}
   train = [r for r in run.records if 'train/top1' in r]
@@ -175,17 +180,12 @@ def seed_groups(runs: Sequence[Run]) -> list[list[int]]:
   return [g for g in groups.values() if len(g) > 1]
 
 
-def _final_top1(run: Run) -> float | None:
-  evals = [r['eval/top1'] for r in run.records if 'eval/top1' in r]
-  return evals[-1] if evals else None
-
-
 def seeds_table(runs: Sequence[Run]) -> str:
   """Per group of `seed_groups`: runs, final top-1 mean +- std, lowest and highest ('' if none)."""
   names = run_names(runs)
   lines = []
   for group in seed_groups(runs):
-    top1 = [t for t in (_final_top1(runs[i]) for i in group) if t is not None]
+    top1 = [runs[i].evals[-1]['eval/top1'] for i in group if runs[i].evals]
     if len(top1) < 2:
       continue
     labels = {re.sub(r'(^|_)seed-\d+$', '', names[i]) or 'base' for i in group}
