@@ -47,6 +47,8 @@ CASES = {
     'rn50_block_level_fusion': (
         RN50, '--xla_gpu_experimental_enable_fusion_block_level_rewriter=true', ''),
     'rn50_no_cmd_buffer': (RN50, '--xla_gpu_enable_command_buffer=', ''),
+    # cuDNN fusions that include convolutions (level 3): the BN + ReLU around a conv fused into it.
+    'rn50_cudnn_conv_fusion': (RN50, '--xla_gpu_cudnn_gemm_fusion_level=3', ''),
     # GEMM choices for the 1x1 convs (13% of the step, docs/benchmarks.md): cuBLASLt, cuBLAS
     # instead of Triton, and Triton's exhaustive tiling search. Not measured yet.
     'rn50_cublaslt': (RN50, '--xla_gpu_enable_cublaslt=true', ''),
