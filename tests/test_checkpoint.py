@@ -121,6 +121,36 @@ def final_params_for(workdir, config, num_devices):
     ckpt.close()
 
 
+def test_restoring_some_fields_gives_them_as_the_full_restore_and_refuses_absent_ones(
+    tmp_path, devices):
+  """The eval weights alone (what a teacher or predict needs), equal to the full restore's."""
+  config = fake_config(num_steps=3)
+  config.optimizer.ema_decay = 0.5
+  train_and_evaluate(config, tmp_path)
+  full, _ = final_params_for(tmp_path, config, num_devices=8)
+  trainer = Trainer(config, parallel.create_mesh(1), num_classes=10,
+                    image_shape=tuple(config.data.fake_image_shape), steps_per_epoch=None)
+  template = trainer.abstract_state
+  ckpt = Checkpointer(tmp_path)
+  try:
+    some = ckpt.restore_fields(3, {'ema_params': template.ema_params,
+                                   'ema_batch_stats': template.ema_batch_stats}, config)
+    assert set(some) == {'ema_params', 'ema_batch_stats'}
+    for name in some:
+      for x, y in zip(jax.tree.leaves(getattr(full, name)), jax.tree.leaves(some[name]),
+                      strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert not np.array_equal(np.asarray(jax.tree.leaves(full.params)[0]),
+                              np.asarray(jax.tree.leaves(some['ema_params'])[0]))
+    other_classes = Trainer(config, parallel.create_mesh(1), num_classes=7,
+                            image_shape=tuple(config.data.fake_image_shape),
+                            steps_per_epoch=None).abstract_state
+    with pytest.raises(CheckpointMismatchError, match=r'ema_params/head/kernel: shape \(\d+, 10\)'):
+      ckpt.restore_fields(3, {'ema_params': other_classes.ema_params}, config)
+  finally:
+    ckpt.close()
+
+
 @pytest.mark.parametrize('metric, values, best', [('eval/top1', (0.9, 0.5, 0.4), 1),
                                                    ('eval/loss', (0.9, 0.5, 0.7), 2)])
 def test_the_best_checkpoint_is_found_and_kept_across_a_resume(tmp_path, metric, values, best):

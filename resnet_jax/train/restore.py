@@ -15,7 +15,7 @@ from resnet_jax.checkpoint import Checkpointer
 from resnet_jax.config_base import read_saved_config
 from resnet_jax.models.summary import count_params
 from resnet_jax.train import distill
-from resnet_jax.train.state import eval_variables
+from resnet_jax.train.state import eval_fields
 from resnet_jax.train.trainer import Trainer
 
 
@@ -53,11 +53,15 @@ def restore_trained(workdir: str | Path, checkpoint: str = 'latest') -> TrainedM
     one_device.update(batch_size=1, eval_batch_size=1)
     trainer = Trainer(one_device, parallel.local_mesh(1), num_classes=num_classes,
                       image_shape=(size, size, channels), steps_per_epoch=None)
-    state, _ = ckpt.restore(trainer.abstract_state, config, step)
+    # The eval weights only: no optimizer state (or live weights beside an EMA) in memory.
+    fields = eval_fields(trainer.abstract_state)
+    saved = ckpt.restore_fields(
+        step, {field: getattr(trainer.abstract_state, field) for field in fields.values()}, config)
+    variables = {name: saved[field] for name, field in fields.items()}
   finally:
     ckpt.close()
-  return TrainedModel(config, trainer.model, jax.device_get(eval_variables(state)), step,
-                      num_classes, channels)
+  return TrainedModel(config, trainer.model, jax.device_get(variables), step, num_classes,
+                      channels)
 
 
 def check_readable_by_every_process(path: Path) -> None:

@@ -48,8 +48,14 @@ def live_variables(state: TrainState) -> dict[str, Any]:
   return {'params': state.params, 'batch_stats': state.batch_stats}
 
 
+def eval_fields(state: TrainState) -> dict[str, str]:
+  """The fields of `state` that evaluation uses (the EMA ones when there is an EMA), by the
+  variable collection each is."""
+  if state.ema_params is None:
+    return {'params': 'params', 'batch_stats': 'batch_stats'}
+  return {'params': 'ema_params', 'batch_stats': 'ema_batch_stats'}
+
+
 def eval_variables(state: TrainState) -> dict[str, Any]:
   """The model variables that evaluation uses: the EMA ones when there is an EMA."""
-  if state.ema_params is None:
-    return live_variables(state)
-  return {'params': state.ema_params, 'batch_stats': state.ema_batch_stats}
+  return {name: getattr(state, field) for name, field in eval_fields(state).items()}
