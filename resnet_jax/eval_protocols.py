@@ -52,7 +52,6 @@ from resnet_jax.data.inputs import Batch, EvalInput
 from resnet_jax.data.sources import load_split
 from resnet_jax.data.splits import DatasetInfo
 from resnet_jax.data.transforms import Box, center_crop_box, crop_resize
-from resnet_jax.train.state import TrainState, eval_variables
 from resnet_jax.train.steps import topk_correct
 
 PROTOCOLS = ('center_crop', 'ten_crop', 'padded_ten_crop', 'multi_scale')
@@ -239,13 +238,12 @@ def protocol_input(config: ml_collections.ConfigDict, mesh: Mesh, base: EvalInpu
   return host_view_input(config, mesh, protocol)
 
 
-def protocol_eval_step(state: TrainState, batch: Batch, *, model: Any,
+def protocol_eval_step(variables: dict[str, Any], batch: Batch, *, model: Any,
                        config: ml_collections.ConfigDict) -> dict[str, jax.Array]:
   """Sums over the real examples of one batch of views: loss, top-1, top-5, count, confusion.
 
   The confusion matrix (`confusion_matrix`) counts as top-1 does: its trace is the top-1 count.
   """
-  variables = eval_variables(state)
   by_shape: dict[tuple[int, ...], list[jax.Array]] = {}
   for view in batch['views']:   # views of one shape run as one batch
     by_shape.setdefault(view.shape, []).append(view)
@@ -283,19 +281,20 @@ def confusion_matrix(scores: jax.Array, labels: jax.Array, mask: jax.Array) -> j
       mask.astype(jnp.int32))
 
 
-def evaluate_views(step: Callable, state: TrainState, eval_input: EvalInput) -> dict[str, Any]:
-  """Sums of `step` (compiled `protocol_eval_step`) over one pass, fetched to the host."""
+def evaluate_views(step: Callable, variables: dict[str, Any],
+                   eval_input: EvalInput) -> dict[str, Any]:
+  """Sums of `step` (compiled `protocol_eval_step`) of the model's `variables` over one pass,
+  fetched to the host."""
   sums = None
   for batch in eval_input:
-    out = step(state, batch)
+    out = step(variables, batch)
     sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
   return jax.device_get(sums)
 
 
-def compile_step(model: Any, config: ml_collections.ConfigDict, mesh: Mesh,
-                 state_sharding: Any) -> Callable:
+def compile_step(model: Any, config: ml_collections.ConfigDict, mesh: Mesh) -> Callable:
   return jax.jit(functools.partial(protocol_eval_step, model=model, config=config),
-                 in_shardings=(state_sharding, parallel.batch_sharding(mesh)),
+                 in_shardings=(parallel.replicated(mesh), parallel.batch_sharding(mesh)),
                  out_shardings=parallel.replicated(mesh))
 
 

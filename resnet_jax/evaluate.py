@@ -19,6 +19,7 @@ from resnet_jax import eval_protocols, parallel, plots, runtime
 from resnet_jax.checkpoint import Checkpointer, check_shared_directory, write_json
 from resnet_jax.config_base import print_config_changes
 from resnet_jax.progress import format_metric
+from resnet_jax.train.restore import restore_eval_variables
 from resnet_jax.train.trainer import create_trainer
 
 _LABELLED_CLASSES = 30   # more classes: no tick labels
@@ -41,12 +42,13 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str | Path) -> 
                       best_metric=config.best_metric, create=False)
   step = ckpt.chosen_step(which)
   trainer, _, base_input = create_trainer(config, train=False)
-  state, _ = ckpt.restore(trainer.abstract_state, config, step)
-  ckpt.close()
+  try:
+    variables = restore_eval_variables(ckpt, trainer.abstract_state, config, step)
+  finally:
+    ckpt.close()
   eval_input = eval_protocols.protocol_input(config, trainer.mesh, base_input)
-  eval_step = eval_protocols.compile_step(trainer.model, config, trainer.mesh,
-                                          trainer.state_sharding)
-  sums = eval_protocols.evaluate_views(eval_step, state, eval_input)
+  eval_step = eval_protocols.compile_step(trainer.model, config, trainer.mesh)
+  sums = eval_protocols.evaluate_views(eval_step, variables, eval_input)
   results = dict(eval_protocols.summarize(sums, eval_input.info.class_names), step=step,
                  checkpoint=which, protocol=config.eval.protocol)
   if config.eval.protocol == 'multi_scale':

@@ -2,7 +2,6 @@
 
 import json
 import re
-import types
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +16,7 @@ from resnet_jax.data.prepare import prepare
 from resnet_jax.data.transforms import ImageTransform, center_crop_box
 from resnet_jax.eval_protocols import Protocol
 from resnet_jax.evaluate import evaluate_workdir
+from resnet_jax.train.state import eval_variables
 from resnet_jax.train.trainer import create_trainer
 from resnet_jax.train.steps import topk_correct
 from tests.data_builders import encode, folder_config, write_image_folder
@@ -150,8 +150,8 @@ def protocol_results(config):
   trainer, _, base = create_trainer(config, train=False)
   state = constant_logits(random_state(trainer), trainer.mesh, base.info.num_classes)
   eval_input = eval_protocols.protocol_input(config, trainer.mesh, base)
-  step = eval_protocols.compile_step(trainer.model, config, trainer.mesh, trainer.state_sharding)
-  sums = eval_protocols.evaluate_views(step, state, eval_input)
+  step = eval_protocols.compile_step(trainer.model, config, trainer.mesh)
+  sums = eval_protocols.evaluate_views(step, eval_variables(state), eval_input)
   return eval_protocols.summarize(sums, base.info.class_names)
 
 
@@ -303,11 +303,11 @@ def test_a_protocol_scores_the_mean_probability_over_all_its_views():
 
   config = base_config()
   config.data.update(mean=(0.0,), std=(1.0,))
-  state = types.SimpleNamespace(ema_params=None, params={'scale': 4.0}, batch_stats={})
+  variables = {'params': {'scale': 4.0}, 'batch_stats': {}}
   dark = np.zeros((1, 4, 4, 1), np.uint8)          # logits (0, 0): p = (0.5, 0.5)
   bright = np.full((1, 6, 6, 1), 255, np.uint8)    # logits (4, -4): p ~ (1, 0)
   batch = {'views': (dark, bright), 'label': jnp.array([1]), 'mask': jnp.array([True])}
-  metrics = eval_protocols.protocol_eval_step(state, batch, model=ByBrightness(), config=config)
+  metrics = eval_protocols.protocol_eval_step(variables, batch, model=ByBrightness(), config=config)
   p = (0.5 + 1 / (1 + np.exp(-8.0))) / 2            # the mean probability of class 0
   np.testing.assert_allclose(float(metrics['loss']), -np.log(1 - p), rtol=1e-5)
   assert float(metrics['top1']) == 0 and float(metrics['count']) == 1

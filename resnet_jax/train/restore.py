@@ -53,15 +53,21 @@ def restore_trained(workdir: str | Path, checkpoint: str = 'latest') -> TrainedM
     one_device.update(batch_size=1, eval_batch_size=1)
     trainer = Trainer(one_device, parallel.local_mesh(1), num_classes=num_classes,
                       image_shape=(size, size, channels), steps_per_epoch=None)
-    # The eval weights only: no optimizer state (or live weights beside an EMA) in memory.
-    fields = eval_fields(trainer.abstract_state)
-    saved = ckpt.restore_fields(
-        step, {field: getattr(trainer.abstract_state, field) for field in fields.values()}, config)
-    variables = {name: saved[field] for name, field in fields.items()}
+    variables = restore_eval_variables(ckpt, trainer.abstract_state, config, step)
   finally:
     ckpt.close()
   return TrainedModel(config, trainer.model, jax.device_get(variables), step, num_classes,
                       channels)
+
+
+def restore_eval_variables(ckpt: Checkpointer, abstract_state: Any,
+                           config: ml_collections.ConfigDict, step: int) -> dict[str, Any]:
+  """The eval weights (the EMA ones where the run kept an EMA) of checkpoint `step`, onto the
+  shardings of `abstract_state`: no optimizer state or other weights read into memory."""
+  fields = eval_fields(abstract_state)
+  saved = ckpt.restore_fields(
+      step, {field: getattr(abstract_state, field) for field in fields.values()}, config)
+  return {name: saved[field] for name, field in fields.items()}
 
 
 def check_readable_by_every_process(path: Path) -> None:
