@@ -14,7 +14,7 @@ from resnet_jax.checkpoint import Checkpointer, write_json
 from resnet_jax.data.device_ops import prepare_images
 from resnet_jax.models.registry import create_model
 from resnet_jax.train.trainer import create_trainer
-from tests.helpers import fake_config
+from tests.helpers import fake_config, write_idx_dataset
 from tests.test_evaluate import random_state
 
 
@@ -35,11 +35,15 @@ def test_response_layers_are_the_3x3_bns_in_depth_order():
       for b in range(1, n + 1)]
 
 
-def make_run(workdir, model: str = 'small_resnet', eval_examples: int = 256):
-  """A run directory holding a checkpoint of random weights (BN statistics included)."""
+def make_run(workdir, model: str = 'small_resnet', eval_examples: int = 256, data_dir=None):
+  """A run directory holding a checkpoint of random weights (BN statistics included), on fake
+  data or on the idx dataset in `data_dir`."""
   config = fake_config(eval_batch_size=16)
   config.model.name = model
   config.data.fake_num_examples = eval_examples
+  if data_dir:
+    config.data.update(source='idx', name='fashion_mnist', data_dir=str(data_dir), image_size=28,
+                       mean=(0.3,), std=(0.3,))
   trainer, _, _ = create_trainer(config, train=False)
   state = random_state(trainer)
   ckpt = Checkpointer(workdir)
@@ -79,3 +83,15 @@ def test_cli_writes_table_and_plot_and_names_a_bad_run(tmp_path, capsys, devices
   assert 'a: 7 layers' in capsys.readouterr().out
   assert responses.main([str(tmp_path / 'nowhere'), f'--out={out}']) == 1
   assert f'{tmp_path / "nowhere" / "config.json"} not found' in capsys.readouterr().err
+
+
+def test_a_run_whose_dataset_moved_is_named_and_read_from_data_dir(tmp_path, capsys, devices):
+  write_idx_dataset(tmp_path / 'data', num_train=8, num_test=24)
+  make_run(tmp_path / 'run', data_dir=tmp_path / 'data')
+  (tmp_path / 'data').rename(tmp_path / 'moved')
+  out = tmp_path / 'out'
+  assert responses.main([str(tmp_path / 'run'), f'--out={out}']) == 1
+  assert str(tmp_path / 'data') in capsys.readouterr().err
+  assert responses.main([str(tmp_path / 'run'), f'--out={out}',
+                         f'--data_dir={tmp_path / "moved"}']) == 0
+  assert len(json.loads((out / 'responses.json').read_text())['run']) == 7

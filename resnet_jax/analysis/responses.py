@@ -5,7 +5,8 @@
 
 A layer's response is the output of a 3x3 conv after its BN, before the ReLU or the addition (the
 paper's definition). For each run, at its latest (or `--checkpoint=best`) checkpoint, in test mode
-(the BN's running statistics), over the run's eval split: the standard deviation of every such
+(the BN's running statistics), over the run's eval split (`--data_dir` where the dataset has
+moved since the run): the standard deviation of every such
 layer's output values (all images, positions and channels). Writes `responses.json` ({run:
 [std per layer, input to output]}) and `responses.png`: std against layer index in network order
 (top) and sorted by magnitude (bottom), one line per run, as Fig. 7. The paper found the
@@ -75,11 +76,14 @@ def response_moments(model: Any, config: Any, layers: Sequence[ModulePath]):
   return moments
 
 
-def run_responses(workdir: Path, checkpoint: str = 'latest') -> list[float]:
-  """The std of each response layer of the run in `workdir`, input to output."""
+def run_responses(workdir: Path, checkpoint: str = 'latest', data_dir: str = '') -> list[float]:
+  """The std of each response layer of the run in `workdir`, input to output, over its eval
+  split (read from `data_dir` where given, else from where the run read it)."""
   from resnet_jax import data, parallel
   from resnet_jax.train.restore import restore_trained
   trained = restore_trained(workdir, checkpoint)
+  if data_dir:
+    trained.config.data.data_dir = data_dir
   layers = response_layers(trained.variables['params'])
   if not layers:
     raise ValueError(f'{workdir}: model {trained.config.model.name} has no 3x3 conv + BN layers')
@@ -118,9 +122,11 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument('workdirs', nargs='+', type=Path, metavar='WORKDIR', help='training runs')
   parser.add_argument('--checkpoint', choices=['latest', 'best'], default='latest')
   parser.add_argument('--out', type=Path, default=Path('responses'), help='output directory')
+  parser.add_argument('--data_dir', default='',
+                      help="the runs' dataset directory, where it is not where they read it")
   args = parser.parse_args(argv)
   try:
-    results = {n: run_responses(w, args.checkpoint)
+    results = {n: run_responses(w, args.checkpoint, args.data_dir)
                for n, w in zip(short_names(args.workdirs), args.workdirs)}
   except (FileNotFoundError, ValueError) as e:
     print(f'error: {e}', file=sys.stderr)
