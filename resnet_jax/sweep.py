@@ -15,7 +15,8 @@ tables): each finished point's final checkpoint is then evaluated with each of t
 `--mode=eval` does (once: a rerun finds the results), and the report gets a column for each.
 `--seeds N` runs every point N times, with seeds S, S + 1, ... (S: `--set seed=S`, else the
 config's seed; the paper reports its CIFAR ResNet-110 over 5 runs); the report then gives each
-point's mean, spread and range. `--print-commands` prints one `resnet_jax.main` command per
+point's mean, spread and range. The run with seed S keeps the point's own name (so the runs of a
+sweep made before with one seed count as its first seed); the others are named `..._seed-K`. `--print-commands` prints one `resnet_jax.main` command per
 point instead, for a cluster scheduler, then one `--mode=eval` command per point and protocol,
 to run after training. At the end the report (overlay figure and table) of all finished points
 is written into DIR.
@@ -142,14 +143,14 @@ class SweepError(RuntimeError):
 
 
 def with_seeds(grid: list[dict[str, Any]], first: int, seeds: int) -> list[dict[str, Any]]:
-  """Each point `seeds` times, with seeds first, first + 1, ...; the grid as it is for 1."""
+  """Each point `seeds` times, with seeds first, first + 1, ...: the first run is the point as
+  it is (its seed `first` comes with the sweep's other settings), so a sweep run before with one
+  seed is reused; the others are named by their seed."""
   if seeds < 1:
     raise ValueError(f'--seeds={seeds}: a sweep runs each point at least once')
-  if seeds == 1:
-    return grid
-  if any('seed' in point for point in grid):
+  if seeds > 1 and any('seed' in point for point in grid):
     raise ValueError('--seeds: the sweep config varies the seed itself')
-  return [{**point, 'seed': first + k} for point in grid for k in range(seeds)]
+  return [{**point, **({'seed': first + k} if k else {})} for point in grid for k in range(seeds)]
 
 
 def run_sweep(spec: str, workdir: str | Path, extra: dict[str, Any] | None = None,
@@ -163,15 +164,16 @@ def run_sweep(spec: str, workdir: str | Path, extra: dict[str, Any] | None = Non
   """
   base, grid, protocols = load_sweep(spec)
   extra = dict(extra or {})
-  grid = with_seeds(grid, extra.pop('seed', base.seed) if seeds > 1 else base.seed, seeds)
-  if clash := sorted({key for point in grid for key in point} & set(extra or {})):
+  grid = with_seeds(grid, extra.get('seed', base.seed), seeds)
+  varied = {key for point in grid for key in point} - ({'seed'} if seeds > 1 else set())
+  if clash := sorted(varied & set(extra)):
     raise ValueError(f'--set {", ".join(clash)}: the grid of {spec} varies it, and a --set '
                      'would make its points one run')
   workdir = Path(workdir)
   runs = [workdir / point_name(overrides) for overrides in grid]
   if len(set(runs)) < len(runs):
     raise ValueError(f'{spec}: two grid points have the same overrides')
-  overrides = [{**point, **(extra or {})} for point in grid]
+  overrides = [{**extra, **point} for point in grid]   # a later seed's point wins over --set seed
   configs = [apply_overrides(base, o) for o in overrides]   # every override checked up front
   evals = [protocol_configs(c, protocols) for c in configs]   # and every protocol
   if print_commands:

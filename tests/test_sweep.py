@@ -174,11 +174,15 @@ def parse_main_config(command: list[str]):
 
 
 @pytest.mark.usefixtures('rbg_keys')
-def test_seeds_run_each_point_again_and_the_report_sums_them_up(config_file, tmp_path):
+def test_seeds_run_each_point_again_and_the_report_sums_them_up(config_file, tmp_path, capsys):
   out = tmp_path / 'sweep'
+  assert sweep.main([f'--config={config_file}', f'--workdir={out}', '--set=seed=5']) == 0
+  capsys.readouterr()
   assert sweep.main([f'--config={config_file}', f'--workdir={out}', '--seeds=2',
-                     '--set=seed=5']) == 0   # the first seed
-  names = [f'{p}_seed-{k}' for p in POINTS for k in (5, 6)]
+                     '--set=seed=5']) == 0   # the first seed: the one-seed sweep's runs
+  said = capsys.readouterr().out
+  assert [f'{p}: finished before, not run again' in said for p in POINTS] == [True, True]
+  names = [n for p in POINTS for n in (p, f'{p}_seed-6')]
   assert sorted(p.name for p in out.iterdir() if p.is_dir()) == sorted(names)
   assert [json.loads((out / n / 'config.json').read_text())['seed'] for n in names] == [5, 6] * 2
   section = (out / 'report.md').read_text().split('## Over seeds')[1]
