@@ -11,6 +11,7 @@ import contextlib
 import json
 import secrets
 import signal
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -121,20 +122,20 @@ class Checkpointer:
     logging.info('restored checkpoint %s', path)
     return state, data_state
 
-  def restore_fields(self, step: int, template: dict[str, Any],
-                     config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """Only the fields of the saved state that `template` names (the eval weights, say, without
-    the optimizer state), onto the shardings of its arrays or specs."""
-    target = parallel.abstract(template)
+  def restore_fields(self, template: TrainState, fields: Sequence[str],
+                     config: ml_collections.ConfigDict, step: int) -> dict[str, Any]:
+    """Only the named fields of the saved state (the eval weights, say, without the optimizer
+    state), onto the shardings of `template`'s; checked against the config and the whole state
+    as `restore` checks them."""
     path = self.directory / str(step)
     check_compatible(self._restore_item(step, 'config', ocp.args.JsonRestore()), config, path)
-    saved = self.saved_arrays(step)
-    check_same_arrays({k: saved.get(k) for k in template}, target, path)
-    state = self._restore_item(step, 'state', ocp.args.PyTreeRestore(
+    check_same_arrays(self.saved_arrays(step), template, path)
+    target = {field: parallel.abstract(getattr(template, field)) for field in fields}
+    restored = self._restore_item(step, 'state', ocp.args.PyTreeRestore(
         item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
         partial_restore=True))
-    logging.info('restored %s of checkpoint %s', ', '.join(template), path)
-    return state
+    logging.info('restored %s of checkpoint %s', ', '.join(fields), path)
+    return restored
 
   def restore_ema_window(self, step: int, template: Any) -> dict[str, Any] | None:
     """The `ema_window` saved at `step` onto the shardings of `template` (arrays or specs of

@@ -16,10 +16,10 @@ tables): each finished point's final checkpoint is then evaluated with each of t
 `--seeds N` runs every point N times, with seeds S, S + 1, ... (S: `--set seed=S`, else the
 config's seed; the paper reports its CIFAR ResNet-110 over 5 runs); the report then gives each
 point's mean, spread and range. The run with seed S keeps the point's own name (so the runs of a
-sweep made before with one seed count as its first seed); the others are named `..._seed-K`. `--print-commands` prints one `resnet_jax.main` command per
-point instead, for a cluster scheduler, then one `--mode=eval` command per point and protocol,
-to run after training. At the end the report (overlay figure and table) of all finished points
-is written into DIR.
+sweep made before with one seed count as its first seed); the others are named `..._seed-K`.
+`--print-commands` prints one `resnet_jax.main` command per point instead, for a cluster
+scheduler, then one `--mode=eval` command per point and protocol, to run after training. At
+the end the report (overlay figure and table) of all finished points is written into DIR.
 """
 
 import argparse

@@ -6,12 +6,11 @@
 A layer's response is the output of a 3x3 conv after its BN, before the ReLU or the addition (the
 paper's definition). For each run, at its latest (or `--checkpoint=best`) checkpoint, in test mode
 (the BN's running statistics), over the run's eval split (`--data_dir` where the dataset has
-moved since the run): the standard deviation of every such
-layer's output values (all images, positions and channels). Writes `responses.json` ({run:
-[std per layer, input to output]}) and `responses.png`: std against layer index in network order
-(top) and sorted by magnitude (bottom), one line per run, as Fig. 7. The paper found the
-residual nets' responses smaller than the plain nets', and smaller the deeper the net; the tool
-reports what the runs show.
+moved since the run): the standard deviation of every such layer's output values (all images,
+positions and channels). Writes `responses.json` ({run: [std per layer, input to output]}) and
+`responses.png`: std against layer index in network order (top) and sorted by magnitude
+(bottom), one line per run, as Fig. 7. The paper found the residual nets' responses smaller
+than the plain nets', and smaller the deeper the net; the tool reports what the runs show.
 """
 
 import argparse

@@ -65,8 +65,7 @@ def restore_eval_variables(ckpt: Checkpointer, abstract_state: Any,
   """The eval weights (the EMA ones where the run kept an EMA) of checkpoint `step`, onto the
   shardings of `abstract_state`: no optimizer state or other weights read into memory."""
   fields = eval_fields(abstract_state)
-  saved = ckpt.restore_fields(
-      step, {field: getattr(abstract_state, field) for field in fields.values()}, config)
+  saved = ckpt.restore_fields(abstract_state, list(fields.values()), config, step)
   return {name: saved[field] for name, field in fields.items()}
 
 
