@@ -121,7 +121,7 @@ def final_params_for(workdir, config, num_devices):
     ckpt.close()
 
 
-def test_restoring_some_fields_gives_them_as_the_full_restore_and_refuses_absent_ones(
+def test_restoring_some_fields_gives_them_as_the_full_restore_and_checks_the_whole_state(
     tmp_path, devices):
   """The eval weights alone (what a teacher or predict needs), equal to the full restore's."""
   config = fake_config(num_steps=3)
