@@ -111,10 +111,7 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f'no checkpoint in {self.directory}')
-    path = self.directory / str(step)
-    saved_config = self._restore_item(step, 'config', ocp.args.JsonRestore())
-    check_compatible(saved_config, config, path)
-    check_same_arrays(self.saved_arrays(step), template, path)
+    path = self._checked_step(template, config, step)
     state = self._restore_item(step, 'state', ocp.args.StandardRestore(parallel.abstract(template)))
     data_state = None
     if (path / 'data').exists():
@@ -127,15 +124,22 @@ class Checkpointer:
     """Only the named fields of the saved state (the eval weights, say, without the optimizer
     state), onto the shardings of `template`'s; checked against the config and the whole state
     as `restore` checks them."""
-    path = self.directory / str(step)
-    check_compatible(self._restore_item(step, 'config', ocp.args.JsonRestore()), config, path)
-    check_same_arrays(self.saved_arrays(step), template, path)
+    path = self._checked_step(template, config, step)
     target = {field: parallel.abstract(getattr(template, field)) for field in fields}
     restored = self._restore_item(step, 'state', ocp.args.PyTreeRestore(
         item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
         partial_restore=True))
     logging.info('restored %s of checkpoint %s', ', '.join(fields), path)
     return restored
+
+  def _checked_step(self, template: TrainState, config: ml_collections.ConfigDict,
+                    step: int) -> Path:
+    """The directory of checkpoint `step`, refused (CheckpointMismatchError) where its config or
+    its state's arrays are not those of `config` and `template`."""
+    path = self.directory / str(step)
+    check_compatible(self._restore_item(step, 'config', ocp.args.JsonRestore()), config, path)
+    check_same_arrays(self.saved_arrays(step), template, path)
+    return path
 
   def restore_ema_window(self, step: int, template: Any) -> dict[str, Any] | None:
     """The `ema_window` saved at `step` onto the shardings of `template` (arrays or specs of
