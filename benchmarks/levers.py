@@ -58,6 +58,8 @@ CASES = {
     'c56_no_nan_guard': (C56, '', 'no_nan_guard'),
     'c56_no_cmd_buffer': (C56, '--xla_gpu_enable_command_buffer=', ''),
     'c56_graph_min1': (C56, '--xla_gpu_graph_min_graph_size=1', ''),
+    # Fewer kernels per step, if cuDNN fuses the BN + ReLU around each conv into it.
+    'c56_cudnn_conv_fusion': (C56, '--xla_gpu_cudnn_gemm_fusion_level=3', ''),
     'fm_base': (FM, '', ''),
     'fm_f32': (FM + ['--config.dtype=float32'], '', ''),
     'fm_autotune1': (FM, '--xla_gpu_autotune_level=1', ''),
