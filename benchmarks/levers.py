@@ -62,7 +62,7 @@ CASES = {
     'c56_no_nan_guard': (C56, '', 'no_nan_guard'),
     'c56_no_cmd_buffer': (C56, '--xla_gpu_enable_command_buffer=', ''),
     # XLA's default command buffers (CUDA graphs) leave out convolutions, so each cuDNN conv
-    # (fprop, dgrad, wgrad: ~170 a ResNet-56 step) is launched by the host between graph pieces,
+    # (fprop, dgrad, wgrad: ~165 a ResNet-56 step) is launched by the host between graph pieces,
     # and the GPU idles 31-41% of the step (docs/benchmarks.md, 2026-12-06). Convs in the graphs:
     'c56_cmd_buffer_conv': (C56 + ['--profile_dir={out}/prof_c56_conv'],
                             '--xla_gpu_enable_command_buffer=+CONVOLUTION', ''),
