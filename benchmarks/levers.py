@@ -256,9 +256,7 @@ def fused_model_classes():
     if block.shortcut is not None:
       residual = blocks.Shortcut(out_features, block.strides, block.shortcut, block.conv,
                                  block.norm, name='shortcut')(x)
-    if block.zero_init_last:
-      return block.norm(scale_init=nn.initializers.zeros, name=name)(y, residual, relu=True)
-    return block.norm(name=name)(y, residual, relu=True)
+    return block.last_norm(name)(y, residual, relu=True)
 
   class FusedBasicBlock(blocks.BasicBlock):
     @nn.compact
