@@ -31,6 +31,9 @@ FM = ['--config=configs/fashion_mnist.py', '--config.data.fake_image_shape=(28,2
       '--config.model.width=32', '--config.batch_size=512', '--config.dtype=bfloat16',
       '--config.label_smoothing=0.1', '--config.optimizer.nesterov=True', '--num_classes=10',
       '--steps=50', '--windows=3']
+# XLA's own default set of CUDA-graph commands, which leaves out convolutions: XLA_FLAGS that name
+# the flag keep runtime.configure from adding them (its default since 2026-12-06).
+CONVS_OUTSIDE_GRAPHS = '--xla_gpu_enable_command_buffer=-CONVOLUTION'
 
 # name: (benchmark arguments, extra XLA flags, patch)
 CASES = {
@@ -49,7 +52,7 @@ CASES = {
     # BN [+ residual] + ReLU trained through one custom VJP: the 8-pass memory floor.
     'rn50_fused_bn': (RN50, '', 'fused_bn'),
     'rn50_no_cmd_buffer': (RN50, '--xla_gpu_enable_command_buffer=', ''),
-    'rn50_cmd_buffer_conv': (RN50, '--xla_gpu_enable_command_buffer=+CONVOLUTION', ''),
+    'rn50_convs_outside_graphs': (RN50, CONVS_OUTSIDE_GRAPHS, ''),
     # cuDNN fusions that include convolutions (level 3): the BN + ReLU around a conv fused into it.
     'rn50_cudnn_conv_fusion': (RN50, '--xla_gpu_cudnn_gemm_fusion_level=3', ''),
     # GEMM choices for the 1x1 convs (13% of the step, docs/benchmarks.md): cuBLASLt, cuBLAS
@@ -61,14 +64,14 @@ CASES = {
     'c56_fused_bn': (C56, '', 'fused_bn'),
     'c56_no_nan_guard': (C56, '', 'no_nan_guard'),
     'c56_no_cmd_buffer': (C56, '--xla_gpu_enable_command_buffer=', ''),
-    # XLA's default command buffers (CUDA graphs) leave out convolutions, so each cuDNN conv
-    # (fprop, dgrad, wgrad: ~165 a ResNet-56 step) is launched by the host between graph pieces,
-    # and the GPU idles 31-41% of the step (docs/benchmarks.md, 2026-12-06). Convs in the graphs:
-    'c56_cmd_buffer_conv': (C56 + ['--profile_dir={out}/prof_c56_conv'],
-                            '--xla_gpu_enable_command_buffer=+CONVOLUTION', ''),
+    # XLA's own default command buffers (CUDA graphs), without the convolutions that
+    # runtime.configure adds: each cuDNN conv (fprop, dgrad, wgrad: ~165 a ResNet-56 step) is
+    # launched by the host between graph pieces, and the GPU idled 58% of the step (42% busy;
+    # docs/benchmarks.md, 2026-12-06).
+    'c56_convs_outside_graphs': (C56 + ['--profile_dir={out}/prof_c56_outside'],
+                                 CONVS_OUTSIDE_GRAPHS, ''),
     'c56_b512': (C56 + ['--config.batch_size=512'], '', ''),
-    'c56_b512_cmd_buffer_conv': (C56 + ['--config.batch_size=512'],
-                                 '--xla_gpu_enable_command_buffer=+CONVOLUTION', ''),
+    'c56_b512_convs_outside_graphs': (C56 + ['--config.batch_size=512'], CONVS_OUTSIDE_GRAPHS, ''),
     'c56_graph_min1': (C56, '--xla_gpu_graph_min_graph_size=1', ''),
     # Fewer kernels per step, if cuDNN fuses the BN + ReLU around each conv into it.
     'c56_cudnn_conv_fusion': (C56, '--xla_gpu_cudnn_gemm_fusion_level=3', ''),
@@ -82,7 +85,7 @@ CASES = {
     'fm_deterministic': (FM, '--xla_gpu_deterministic_ops=true', ''),
     'fm_parallelism1': (FM, '--xla_gpu_force_compilation_parallelism=1', ''),
     'fm_no_cmd_buffer': (FM, '--xla_gpu_enable_command_buffer=', ''),
-    'fm_cmd_buffer_conv': (FM, '--xla_gpu_enable_command_buffer=+CONVOLUTION', ''),
+    'fm_convs_outside_graphs': (FM, CONVS_OUTSIDE_GRAPHS, ''),
 }
 
 
