@@ -29,6 +29,8 @@ def base_config() -> ml_collections.ConfigDict:
       bn_momentum=0.9,
       bn_epsilon=1e-5,
       bn_group_size=0,        # 0 = statistics over the global batch; k = ghost BN over groups of k
+      drop_path_rate=0.0,     # stochastic depth: block l of L drops its residual branch with
+                              # probability drop_path_rate * l / L in training (0 = off)
   ))
 
   c.data = ml_collections.ConfigDict(dict(

@@ -186,3 +186,30 @@ def test_stem_conv_keeps_the_conv_parameter_and_handles_odd_sizes():
   expected = jax.lax.conv_general_dilated(x, kernel, (2, 2), [(3, 3), (3, 3)],
                                           dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
   np.testing.assert_allclose(stem.apply(variables, x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_drop_path_drops_whole_examples_and_scales_the_kept():
+  y = random((256, 2, 2, 3))
+  out = layers.drop_path(y, 0.25, jax.random.key(1))
+  kept = np.array([np.allclose(o, y_ / 0.75, rtol=1e-6) for o, y_ in zip(out, y)])
+  dropped = np.array([not o.any() for o in out])
+  assert (kept ^ dropped).all()              # each example either whole (scaled) or zero
+  assert 0.15 < dropped.mean() < 0.35        # about a quarter dropped (256 examples)
+  assert layers.drop_path(y.astype(jnp.bfloat16), 0.25, jax.random.key(1)).dtype == jnp.bfloat16
+
+
+def test_stochastic_depth_drops_the_branch_in_training_only():
+  x = jax.nn.relu(random((64, 6, 6, 16)))
+  b = block(BasicBlock, 16, 1, shortcut='A', drop_rate=0.5, deterministic=False)
+  variables = init(b, x)
+  rngs = {'drop_path': jax.random.key(2)}
+  out, inter = apply(b, variables, x, rngs=rngs, capture_intermediates=True,
+                     mutable=['intermediates'])
+  branch = inter['intermediates']['bn2']['__call__'][0]
+  whole = jax.nn.relu(branch / 0.5 + x)
+  per_example = [np.allclose(o, w, atol=1e-5) for o, w in zip(out, whole)]
+  skipped = [np.allclose(o, x_, atol=1e-6) for o, x_ in zip(out, x)]   # ReLU(0 + x) = x
+  assert all(a or s for a, s in zip(per_example, skipped))
+  assert any(per_example) and any(skipped)
+  evaluated = apply(b.clone(deterministic=True), variables, x)   # no rng needed
+  np.testing.assert_allclose(evaluated, jax.nn.relu(branch + x), atol=1e-6)

@@ -5,11 +5,13 @@ Everything here is shape-only (`jax.eval_shape`): no big network is ever initial
 
 import json
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import pytest
 
 from resnet_jax import models
+from resnet_jax.models.blocks import BasicBlock
 from resnet_jax.models import summary
 from resnet_jax.models.summary import count_macs, count_params, trace
 
@@ -135,6 +137,35 @@ def test_bad_names_and_options_fail_listing_the_valid_ones():
     models.create_model('resnet50', num_clases=10)
   with pytest.raises(ValueError, match='bn_group_size'):
     models.create_model('resnet50', bn_group_size=-1)
+  for rate in (1.0, -0.1):
+    with pytest.raises(ValueError, match=r'drop_path_rate must be in \[0, 1\)'):
+      models.create_model('resnet50', drop_path_rate=rate)
+  with pytest.raises(ValueError, match='plain net cifar_plain20 .* has none'):
+    models.create_model('cifar_plain20', drop_path_rate=0.1)
+  with pytest.raises(ValueError, match='plain net cifar_resnet20 .* has none'):
+    models.create_model('cifar_resnet20', residual=False, drop_path_rate=0.1)
+
+
+@pytest.mark.parametrize('train', [True, False])
+def test_stochastic_depth_rates_grow_linearly_with_depth(train):
+  """Block l of L drops with probability rate * l / L (Huang et al. 2016), in training only."""
+  model = models.create_model('cifar_resnet20', drop_path_rate=0.3)
+  seen = {}
+
+  def record(next_fun, args, kwargs, context):
+    if isinstance(context.module, BasicBlock) and context.method_name == '__call__':
+      seen[context.module.name] = (context.module.drop_rate, context.module.deterministic)
+    return next_fun(*args, **kwargs)
+
+  x = jnp.zeros((2, 32, 32, 3))
+  with nn.intercept_methods(record):
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+    jax.eval_shape(lambda v: model.apply(v, x, train=train, mutable=['batch_stats'],
+                                         rngs={'drop_path': jax.random.key(1)}), variables)
+  names = [f'stage{i}_block{j}' for i in (1, 2, 3) for j in (1, 2, 3)]
+  assert list(seen) == names
+  assert [r for r, _ in seen.values()] == pytest.approx([0.3 * l / 9 for l in range(1, 10)])
+  assert {d for _, d in seen.values()} == {not train}
 
 
 def test_summary_cli_json_agrees_with_the_counting_functions(capsys):

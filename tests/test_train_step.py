@@ -211,6 +211,34 @@ def test_ema_bn_statistics_recomputed_for_shrunken_weights_match_the_live_weight
   assert not np.allclose(first_mean(recomputed['shrunk']), first_mean(recomputed['live']))
 
 
+def test_stochastic_depth_in_the_step_is_the_same_on_eight_devices_and_one(devices):
+  """The branches dropped depend on the global batch, not on how it is sharded; they change
+  the step."""
+  batch = random_batch()
+  config = tiny_config(name='small_resnet', drop_path_rate=0.5)
+  s8, m8 = one_step(config, 8, batch)
+  s1, m1 = one_step(config, 1, batch)
+  np.testing.assert_allclose(m8['loss'], m1['loss'], rtol=1e-5)
+  assert_trees_close(s8.params, s1.params)
+  _, whole = one_step(tiny_config(name='small_resnet'), 1, batch)
+  assert not np.isclose(whole['loss'], m1['loss'], rtol=1e-3)
+
+
+def test_recomputed_ema_bn_statistics_are_those_of_the_whole_net(devices):
+  """With stochastic depth the EMA weights' BN statistics (optimizer.ema_bn_batches) are
+  computed without dropped branches, as evaluation runs the net."""
+  mesh = parallel.create_mesh(8)
+  statistics = {}
+  for rate in (0.5, 0.0):
+    config = tiny_config(name='small_resnet', drop_path_rate=rate)
+    config.optimizer.ema_decay = 0.5
+    trainer = Trainer(config, mesh, num_classes=10, image_shape=IMAGE_SHAPE, steps_per_epoch=10)
+    state = trainer.init_state()
+    statistics[rate] = jax.device_get(trainer.ema_batch_statistics(
+        state, jax.device_put(random_batch(), parallel.batch_sharding(mesh))))
+  assert_trees_close(statistics[0.5], statistics[0.0])
+
+
 def test_ema_bn_batches_needs_an_ema():
   config = tiny_config()
   config.optimizer.ema_bn_batches = 5

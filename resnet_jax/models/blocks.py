@@ -2,7 +2,9 @@
 
 Blocks get `conv` (a `flax.linen.Conv` without bias), `norm` (a `BatchNorm`) and `act` injected,
 so that dtypes and BN options are configuration. BN follows every conv; the activation follows
-the addition. `shortcut=None` gives the plain block: the same convs, no shortcut.
+the addition. `shortcut=None` gives the plain block: the same convs, no shortcut. `drop_rate`
+drops the residual branch of each example with that probability in training (stochastic depth,
+`layers.drop_path`; the rng stream 'drop_path').
 """
 
 from typing import Any, Callable
@@ -10,7 +12,7 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 
-from resnet_jax.models.layers import check_choice, zero_pad_shortcut
+from resnet_jax.models.layers import check_choice, drop_path, zero_pad_shortcut
 
 ModuleDef = Any
 SHORTCUTS = ('A', 'B', 'C')
@@ -48,6 +50,8 @@ class _Block(nn.Module):
   act: Callable[[jax.Array], jax.Array]
   shortcut: str | None = 'B'
   zero_init_last: bool = False
+  drop_rate: float = 0.0
+  deterministic: bool = True   # False: training, where `drop_rate` drops branches
 
   def last_norm(self, name: str) -> nn.Module:
     """The BN of the last conv; its scale starts at 0 with `zero_init_last` (Goyal et al. 2017)."""
@@ -56,8 +60,10 @@ class _Block(nn.Module):
     return self.norm(name=name)
 
   def merge(self, x: jax.Array, y: jax.Array, out_features: int) -> jax.Array:
-    """act(y + shortcut(x)); act(y) for a plain block."""
+    """act(y + shortcut(x)), the branch y through stochastic depth; act(y) for a plain block."""
     if self.shortcut is not None:
+      if self.drop_rate and not self.deterministic:
+        y = drop_path(y, self.drop_rate, self.make_rng('drop_path'))
       y = y + Shortcut(out_features, self.strides, self.shortcut, self.conv, self.norm,
                        name='shortcut')(x)
     return self.act(y)

@@ -1,4 +1,5 @@
-"""Layers shared by the blocks: batch norm with ghost batches, the parameter-free shortcut."""
+"""Layers shared by the blocks: batch norm with ghost batches, the parameter-free shortcut,
+stochastic depth."""
 
 from typing import Any
 
@@ -126,3 +127,12 @@ def pad_channels(x: jax.Array, features: int) -> jax.Array:
 def zero_pad_shortcut(x: jax.Array, features: int, strides: int) -> jax.Array:
   """Option A: subsample by `strides` (`x[:, ::s, ::s, :]`) and zero-pad the new channels."""
   return pad_channels(x[:, ::strides, ::strides, :], features)
+
+
+def drop_path(y: jax.Array, rate: float, rng: jax.Array) -> jax.Array:
+  """Stochastic depth (Huang et al. 2016) on a residual branch `y`: each example's branch is
+  zeroed with probability `rate` and scaled by 1 / (1 - rate) where kept, so that the full
+  branch is its expected value at evaluation."""
+  keep = 1.0 - rate
+  kept = jax.random.bernoulli(rng, keep, (y.shape[0],) + (1,) * (y.ndim - 1))
+  return jnp.where(kept, y / jnp.asarray(keep, y.dtype), jnp.zeros((), y.dtype))

@@ -78,13 +78,14 @@ def create_model(name: str, *, num_classes: int | None = None, in_channels: int 
                  zero_init_residual: bool = False, dtype: Any = 'float32',
                  param_dtype: Any = 'float32', bn_group_size: int | None = None,
                  bn_momentum: float = 0.9, bn_epsilon: float = 1e-5,
-                 width: int | None = None) -> ResNet:
+                 width: int | None = None, drop_path_rate: float = 0.0) -> ResNet:
   """The model `name` (see `model_names()`) with the given options.
 
   None, 0 or '' for `num_classes`, `shortcut`, `width` and `bn_group_size` mean the family's
   default (global-batch BN for `bn_group_size`). `residual=False` turns a ResNet into its plain
   twin; plain names are plain whatever `residual` says. `in_channels` only affects
   `input_shape`: Flax infers it from the input. `dtype`s may be strings ('bfloat16').
+  `drop_path_rate` (stochastic depth) needs residual branches: a plain net refuses it.
   """
   spec = _spec(name)
   family = spec.family
@@ -95,12 +96,18 @@ def create_model(name: str, *, num_classes: int | None = None, in_channels: int 
                         ('width', width), ('bn_group_size', bn_group_size)):
     if value is not None and value < 0:
       raise ValueError(f'{option} must not be negative, got {value}')
+  residual = spec.residual and residual
+  if not 0 <= drop_path_rate < 1:
+    raise ValueError(f'drop_path_rate must be in [0, 1), got {drop_path_rate}')
+  if drop_path_rate and not residual:
+    raise ValueError(f'drop_path_rate={drop_path_rate}: stochastic depth drops residual branches, '
+                     f'and the plain net {name} (residual=False) has none')
   return ResNet(
       stage_sizes=spec.stage_sizes, num_classes=num_classes or family.num_classes,
       bottleneck=spec.bottleneck, width=width or family.width,
       stage_strides=family.stage_strides, stem_kernel=family.stem_kernel,
       stem_strides=family.stem_strides, stem_pool=family.stem_pool, shortcut=shortcut,
-      residual=spec.residual and residual, variant=variant,
+      residual=residual, variant=variant,
       zero_init_residual=zero_init_residual, dtype=jnp.dtype(dtype),
       param_dtype=jnp.dtype(param_dtype), bn_group_size=bn_group_size or None,
-      bn_momentum=bn_momentum, bn_epsilon=bn_epsilon)
+      bn_momentum=bn_momentum, bn_epsilon=bn_epsilon, drop_path_rate=drop_path_rate)

@@ -29,6 +29,9 @@ class ResNet(nn.Module):
   `zero_init_residual` starts each residual branch's last BN scale at 0 (no effect on plain nets,
   which have no identity to fall back on). `dtype` is the compute dtype, `param_dtype` the
   storage dtype. `bn_group_size`: ghost BN over groups of this many examples (None: whole batch).
+  `drop_path_rate`: stochastic depth in training, the residual branch of the l-th of L blocks
+  dropped with probability drop_path_rate * l / L (Huang et al. 2016's linear rule; the rng
+  stream 'drop_path').
   """
   stage_sizes: Sequence[int]
   num_classes: int
@@ -47,6 +50,7 @@ class ResNet(nn.Module):
   bn_group_size: int | None = None
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
+  drop_path_rate: float = 0.0
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
@@ -70,11 +74,14 @@ class ResNet(nn.Module):
     x = nn.relu(norm(name='stem_bn')(x))
     if self.stem_pool:
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    num_blocks, l = sum(self.stage_sizes), 0
     for i, (size, strides) in enumerate(zip(self.stage_sizes, self.stage_strides)):
       for j in range(size):
+        l += 1
         x = block(features=self.width * 2**i, strides=strides if j == 0 else 1, conv=conv,
                   norm=norm, act=nn.relu, shortcut=self.shortcut if self.residual else None,
                   zero_init_last=self.zero_init_residual and self.residual,
+                  drop_rate=self.drop_path_rate * l / num_blocks, deterministic=not train,
                   name=f'stage{i + 1}_block{j + 1}')(x)
     x = jnp.mean(x, axis=(1, 2), dtype=jnp.float32)
     x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name='head')(x)

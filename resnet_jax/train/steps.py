@@ -68,7 +68,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], teacher_variables
 
   def loss_fn(params):
     logits, updates = model.apply({'params': params, 'batch_stats': state.batch_stats},
-                                  inputs, train=True, mutable=['batch_stats'])
+                                  inputs, train=True, mutable=['batch_stats'],
+                                  rngs={'drop_path': jax.random.fold_in(rng, 3)})
     losses = cross_entropy(logits, labels, config.label_smoothing)
     if mixed is not None:
       losses = (mixed.weight * losses + (1 - mixed.weight)
@@ -108,7 +109,8 @@ def ema_batch_statistics(state: TrainState, batch: dict[str, jax.Array], *, stat
                          config: ml_collections.ConfigDict) -> Any:
   """The BN statistics of the EMA weights on `batch`, augmented as `train_step` augments it at
   this state's step but not mixed (the eval images are not mixed either). `stats_model` is the
-  model with BN momentum 0, whose updated running statistics are the batch's own."""
+  model with BN momentum 0, whose updated running statistics are the batch's own, and without
+  stochastic depth: the statistics of the whole net, which evaluation runs."""
   rng = jax.random.fold_in(state.rng, state.step)
   images = prepare_images(batch['image'], rng, train=True, data_config=config.data,
                           dtype=jnp.dtype(config.dtype))

@@ -52,15 +52,14 @@ def check_periods(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f'optimizer.ema_decay={config.optimizer.ema_decay} must be in [0, 1)')
 
 
-def create_model_from_config(config: ml_collections.ConfigDict, num_classes: int,
-                             bn_momentum: float | None = None):
-  """The model of `config`; `bn_momentum` overrides `config.model.bn_momentum`."""
+def create_model_from_config(config: ml_collections.ConfigDict, num_classes: int):
+  """The model of `config`."""
   m = config.model
   return models.create_model(
       m.name, num_classes=num_classes, shortcut=m.shortcut or None, residual=m.residual,
       variant=m.variant, zero_init_residual=m.zero_init_residual, width=m.width or None,
-      bn_momentum=m.bn_momentum if bn_momentum is None else bn_momentum,
-      bn_epsilon=m.bn_epsilon, bn_group_size=m.bn_group_size or None, dtype=config.dtype)
+      bn_momentum=m.bn_momentum, bn_epsilon=m.bn_epsilon, bn_group_size=m.bn_group_size or None,
+      drop_path_rate=m.drop_path_rate, dtype=config.dtype)
 
 
 def total_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
@@ -140,7 +139,7 @@ class Trainer:
         out_shardings=parallel.replicated(mesh))
     self.ema_batch_statistics = jax.jit(
         functools.partial(ema_batch_statistics, config=config,
-                          stats_model=create_model_from_config(config, num_classes, 0.0)),
+                          stats_model=self.model.clone(bn_momentum=0.0, drop_path_rate=0.0)),
         in_shardings=(self.state_sharding, batch), out_shardings=parallel.replicated(mesh))
 
   def init_state(self) -> TrainState:
