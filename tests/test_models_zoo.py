@@ -11,8 +11,8 @@ import jax.numpy as jnp
 import pytest
 
 from resnet_jax import models
-from resnet_jax.models.blocks import BasicBlock
 from resnet_jax.models import summary
+from resnet_jax.models.blocks import BasicBlock
 from resnet_jax.models.summary import count_macs, count_params, trace
 
 
