@@ -14,7 +14,9 @@ paper's two GPUs saw 64 each: `--config.model.bn_group_size=64`). The 110- and 1
 (plain ones too) warm up at lr 0.01 for 400 iterations, which stands in for the paper's "until the
 training error is below 80% (about 400 iterations)", stated for ResNet-110.
 The paper reports test error 8.75% (ResNet-20), 7.51% (32), 7.17% (44), 6.97% (56), 6.43% (110),
-7.93% (1202). Needs `tfds build cifar10` first (extra `prepare`; see the README).
+7.93% (1202). Stochastic depth as Huang et al. (2016) set it (the last block kept with probability
+0.5, linearly more often below) is `--config.model.drop_path_rate=0.5`; their runs also trained
+longer than this recipe. Needs `tfds build cifar10` first (extra `prepare`; see the README).
 """
 
 from resnet_jax.recipes import cifar10_recipe
