@@ -293,9 +293,13 @@ def evaluate_views(step: Callable, variables: dict[str, Any],
 
 
 def compile_step(model: Any, config: ml_collections.ConfigDict, mesh: Mesh) -> Callable:
-  return jax.jit(functools.partial(protocol_eval_step, model=model, config=config),
+  """`protocol_eval_step` compiled for `mesh`. The steps of consecutive batches are independent
+  programs with an all-reduce: on a CPU mesh each finishes before the next starts
+  (parallel.finish_on_cpu_meshes)."""
+  step = jax.jit(functools.partial(protocol_eval_step, model=model, config=config),
                  in_shardings=(parallel.replicated(mesh), parallel.batch_sharding(mesh)),
                  out_shardings=parallel.replicated(mesh))
+  return lambda variables, batch: parallel.finish_on_cpu_meshes(step(variables, batch), mesh)
 
 
 def summarize(sums: dict[str, Any], class_names: tuple[str, ...]) -> dict[str, Any]:

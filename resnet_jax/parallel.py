@@ -88,8 +88,9 @@ def finish_on_cpu_meshes(tree: Any, mesh: Mesh) -> Any:
   XLA's CPU runtime can deadlock when two independent programs with collectives overlap across
   devices: a device blocked in one program's all-reduce holds a worker thread that another
   device needs to reach it (seen as a 40 s rendezvous timeout and an abort, with 8 simulated
-  devices on 2 cores, in the evaluation of the EMA and the live weights). GPUs run each device's
-  programs in order on its stream and need no wait.
+  devices on 2 cores, in the evaluation of the EMA and the live weights, and in consecutive
+  steps of EMA BN statistics). GPUs run each device's programs in order on its stream and need
+  no wait.
   """
   if mesh.devices.size > 1 and mesh.devices.flat[0].platform == 'cpu':
     jax.block_until_ready(tree)

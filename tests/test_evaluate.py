@@ -161,6 +161,18 @@ def tiny_folder_config(data_dir):
   return config
 
 
+def test_a_protocol_step_finishes_before_the_next_batch_on_a_cpu_mesh(folder_dataset):
+  """The steps of consecutive batches are independent programs with an all-reduce; overlapped
+  on a CPU mesh they can deadlock XLA's CPU runtime (parallel.finish_on_cpu_meshes)."""
+  config = tiny_folder_config(folder_dataset)
+  trainer, _, base = create_trainer(config, train=False)
+  assert trainer.mesh.devices.size == 8
+  batch = next(iter(eval_protocols.protocol_input(config, trainer.mesh, base)))
+  step = eval_protocols.compile_step(trainer.model, config, trainer.mesh)
+  out = step(eval_variables(random_state(trainer)), batch)
+  assert all(leaf.is_ready() for leaf in jax.tree.leaves(out))
+
+
 @pytest.mark.parametrize('source', ['folder', 'idx'])
 def test_protocols_equal_the_centre_crop_when_the_model_ignores_the_input(source, folder_dataset,
                                                                           tmp_path):

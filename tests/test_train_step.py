@@ -177,6 +177,16 @@ def test_programs_on_a_cpu_mesh_finish_before_the_next_one_starts(devices):
   np.testing.assert_allclose(np.asarray(y)[0, 0], 1024 * 28)
 
 
+def test_ema_bn_statistics_are_computed_before_the_train_step_is_dispatched(devices):
+  """On a CPU mesh EmaStatistics.observe returns with its all-reduce done: consecutive EMA
+  statistics steps, or one and the train step, overlapped and deadlocked XLA's CPU runtime."""
+  trainer, sharding, state = trained_on_eight_devices(steps=0, ema_decay=0.5, ema_bn_batches=3)
+  ema_statistics = EmaStatistics(trainer)
+  ema_statistics.observe(9, state, jax.device_put(random_batch(seed=1), sharding))
+  assert ema_statistics.count == 1
+  assert all(leaf.is_ready() for leaf in jax.tree.leaves(ema_statistics.sums))
+
+
 def test_ema_bn_statistics_recomputed_for_shrunken_weights_match_the_live_weights(devices):
   """Weights averaged while they turn are shorter than the live ones. With BN statistics
   recomputed on the last training batches (optimizer.ema_bn_batches), conv kernels at half

@@ -56,7 +56,9 @@ class EmaStatistics:
     next_eval = _next_boundary(step, t.config.eval_every_steps, t.steps_per_epoch, t.total_steps)
     if next_eval - step > self.num_batches:
       return
-    stats = t.ema_batch_statistics(state, batch)
+    # Its all-reduce and the train step's that follows are independent programs: on a CPU mesh
+    # they must not overlap (parallel.finish_on_cpu_meshes).
+    stats = parallel.finish_on_cpu_meshes(t.ema_batch_statistics(state, batch), t.mesh)
     self.sums = stats if self.sums is None else jax.tree.map(jnp.add, self.sums, stats)
     self.count += 1
 
