@@ -23,6 +23,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from resnet_jax import parallel
+from resnet_jax.models import registry
 from resnet_jax.train.state import TrainState
 
 CHECKPOINT_DIR = 'checkpoints'
@@ -186,9 +187,20 @@ def is_better(new: dict[str, float], old: dict[str, float], metric: str) -> bool
   return new[metric] > old[metric]
 
 
+def _resolved(config: dict[str, Any]) -> dict[str, Any]:
+  """`config` with the model's shortcut option and width as built (a family default given as
+  '' or 0, or 'a' for 'A', names the same net), where its model name is known."""
+  model = config.get('model', {})
+  if model.get('name') not in registry.SPECS:
+    return config
+  shortcut, width = registry.resolved_options(model['name'], model.get('shortcut'),
+                                              model.get('width'))
+  return dict(config, model=dict(model, shortcut=shortcut, width=width))
+
+
 def check_compatible(saved: dict[str, Any], config: ml_collections.ConfigDict, path: Path) -> None:
   """Refuses a checkpoint written for another model or input shape, saying what differs."""
-  current = config.to_dict()
+  saved, current = _resolved(saved), _resolved(config.to_dict())
   keys = [('model', k) for k in ('name', 'shortcut', 'residual', 'variant', 'width')]
   keys += [('data', k) for k in ('source', 'name', 'image_size')]
   diffs = []

@@ -101,7 +101,8 @@ def base_config() -> ml_collections.ConfigDict:
                                      # train: docs/results.md; see ema_bn_batches)
       ema_bn_batches=0,              # N > 0: before each eval, the EMA weights' BN statistics
                                      # are recomputed on the last N training batches (as SWA
-                                     # does) instead of averaged from the live weights'
+                                     # does) instead of averaged from the live weights'; a
+                                     # checkpoint between evals holds the last recomputed ones
       sam_rho=0.0,                   # 0 = off; > 0: sharpness-aware gradients (SAM), 2 passes
   ))
   c.schedule = ml_collections.ConfigDict(dict(

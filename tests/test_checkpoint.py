@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from resnet_jax import parallel
-from resnet_jax.checkpoint import Checkpointer, CheckpointMismatchError
+from resnet_jax.checkpoint import Checkpointer, CheckpointMismatchError, check_compatible
 from resnet_jax.train import loop
 from resnet_jax.train.loop import non_finite_loss_message, train_and_evaluate
 from resnet_jax.train.trainer import Trainer
@@ -216,6 +216,20 @@ def test_mismatched_checkpoint_says_what_differs(tmp_path, devices):
   other.model.name = 'small_plain'
   with pytest.raises(CheckpointMismatchError, match='model.name'):
     train_and_evaluate(other, tmp_path)
+
+
+def test_a_model_written_another_way_is_the_same_model_for_a_resume(tmp_path):
+  """Defaults written out ('' and 'A', 0 and 16 for a CIFAR net; 'a' for 'A') name the same net:
+  compared as built, not as written."""
+  saved = fake_config()
+  saved.model.update(name='cifar_resnet20', shortcut='', width=0)
+  same = fake_config()
+  same.model.update(name='cifar_resnet20', shortcut='a', width=16)
+  check_compatible(saved.to_dict(), same, tmp_path)
+  other = fake_config()
+  other.model.update(name='cifar_resnet20', shortcut='B', width=16)
+  with pytest.raises(CheckpointMismatchError, match="model.shortcut: checkpoint 'A', config 'B'"):
+    check_compatible(saved.to_dict(), other, tmp_path)
 
 
 def test_a_checkpoint_of_another_state_is_refused_not_called_corrupt(tmp_path, devices):

@@ -128,6 +128,22 @@ def trained_on_eight_devices(steps: int, **optimizer):
   return trainer, sharding, state
 
 
+def test_with_recomputed_ema_statistics_the_step_leaves_them_as_they_are(devices):
+  """With optimizer.ema_bn_batches the EMA statistics are recomputed before each eval; the
+  train step keeps them (a checkpoint between evals holds the recomputed ones, not a blend with
+  the live weights' statistics), while it still averages the params."""
+  trainer, _, state = trained_on_eight_devices(steps=0, ema_decay=0.75, ema_bn_batches=2)
+  marked = jax.tree.map(lambda s: s + 3.0, state.ema_batch_stats)   # as if recomputed
+  before = jax.device_get(state.replace(ema_batch_stats=marked))
+  batch = jax.device_put(random_batch(), parallel.batch_sharding(trainer.mesh))
+  after = jax.device_get(trainer.train_step(state.replace(ema_batch_stats=marked), batch)[0])
+  assert_trees_close(after.ema_batch_stats, before.ema_batch_stats, rtol=0, atol=0)
+  assert not np.allclose(jax.tree.leaves(after.batch_stats)[0],
+                         jax.tree.leaves(before.batch_stats)[0])
+  assert_trees_close(after.ema_params,
+                     jax.tree.map(lambda o, n: 0.75 * o + 0.25 * n, before.params, after.params))
+
+
 def test_evaluation_with_an_ema_reports_the_ema_and_the_live_weights(devices):
   """With an EMA, eval/* are the EMA weights' metrics and eval/live_* the live weights'."""
   trainer, sharding, state = trained_on_eight_devices(steps=3, ema_decay=0.5)
@@ -477,6 +493,18 @@ def test_rerunning_a_finished_run_compiles_nothing_and_keeps_its_summary(tmp_pat
   again = compiles_during(lambda: train_and_evaluate(config, tmp_path))
   assert not any('train_step' in name for name in again)
   assert json.loads((tmp_path / 'summary.json').read_text())['final'] == summary['final'] != {}
+
+
+def test_a_finished_run_whose_summary_was_not_written_reports_its_final_eval(tmp_path, devices):
+  """Stopped between its last checkpoint and its summary, a finished run resumed writes the
+  summary with the final checkpoint's eval, and trains no further."""
+  config = fake_config(num_steps=2)
+  summary = train_and_evaluate(config, tmp_path)
+  (tmp_path / 'summary.json').unlink()
+  again = train_and_evaluate(config, tmp_path)
+  assert again['steps'] == 2 and again['final'] != {}
+  assert again['final'] == pytest.approx(summary['final'], rel=1e-6)
+  assert json.loads((tmp_path / 'summary.json').read_text())['final'] == again['final']
 
 
 def test_loop_stores_the_recomputed_ema_statistics_and_trains_as_without(tmp_path, devices):

@@ -73,6 +73,13 @@ def input_shape(name: str, in_channels: int | None = None) -> tuple[int, int, in
   return h, w, in_channels or c
 
 
+def resolved_options(name: str, shortcut: str | None, width: int | None) -> tuple[str, int]:
+  """The shortcut option and width the model `name` is built with: the family's for None, ''
+  or 0."""
+  family = _spec(name).family
+  return (shortcut or family.shortcut).upper(), width or family.width
+
+
 def create_model(name: str, *, num_classes: int | None = None, in_channels: int | None = None,
                  shortcut: str | None = None, residual: bool = True, variant: str = 'v1.5',
                  zero_init_residual: bool = False, dtype: Any = 'float32',
@@ -89,7 +96,7 @@ def create_model(name: str, *, num_classes: int | None = None, in_channels: int 
   """
   spec = _spec(name)
   family = spec.family
-  shortcut = (shortcut or family.shortcut).upper()
+  shortcut, width = resolved_options(name, shortcut, width)
   check_choice('shortcut option', shortcut, SHORTCUTS)
   check_choice('variant', variant, VARIANTS)
   for option, value in (('num_classes', num_classes), ('in_channels', in_channels),
@@ -104,7 +111,7 @@ def create_model(name: str, *, num_classes: int | None = None, in_channels: int 
                      f'and the plain net {name} (residual=False) has none')
   return ResNet(
       stage_sizes=spec.stage_sizes, num_classes=num_classes or family.num_classes,
-      bottleneck=spec.bottleneck, width=width or family.width,
+      bottleneck=spec.bottleneck, width=width,
       stage_strides=family.stage_strides, stem_kernel=family.stem_kernel,
       stem_strides=family.stem_strides, stem_pool=family.stem_pool, shortcut=shortcut,
       residual=residual, variant=variant,

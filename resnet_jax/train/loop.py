@@ -272,7 +272,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                                                    sharding=parallel.replicated(trainer.mesh))}))
 
   pending: list[tuple[int, dict]] = []
-  eval_metrics: dict[str, float] = {}
+  # A finished run without its summary (stopped after its last checkpoint) evaluates it again.
+  eval_metrics = trainer.evaluate(state, eval_input) if start_step >= total else {}
   best = best_logged_eval(workdir, config.best_metric, start_step)   # evals before a resume
   last_log_time, last_log_step = time.perf_counter(), start_step
   t0 = time.perf_counter()

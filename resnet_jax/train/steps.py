@@ -91,7 +91,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], teacher_variables
     d = config.optimizer.ema_decay
     average = lambda e, v: d * e + (1.0 - d) * v
     ema_params = jax.tree.map(average, ema_params, params)
-    ema_batch_stats = jax.tree.map(average, ema_batch_stats, batch_stats)
+    if not config.optimizer.ema_bn_batches:   # else recomputed before each eval (EmaStatistics)
+      ema_batch_stats = jax.tree.map(average, ema_batch_stats, batch_stats)
   new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                             opt_state=opt_state, ema_params=ema_params,
                             ema_batch_stats=ema_batch_stats)
