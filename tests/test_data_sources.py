@@ -4,6 +4,7 @@ and every bad input: corrupt files, empty classes, missing directories, unprepar
 import gzip
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -229,6 +230,29 @@ def test_prepare_cli(tmp_path, capsys):
                        '--val-fraction', '0.3', '--workers', '0']) == 0
   out = capsys.readouterr().out
   assert 'train: 3 images' in out and 'val: 2 images' in out and 'data_dir=' in out
+
+
+def test_prepare_takes_file_names_that_are_not_utf8(tmp_path):
+  """A Latin-1 class folder and file name (from an old archive) are prepared; the class name and
+  the record's key show the bytes that are not UTF-8 as \\xNN."""
+  root = write_image_folder(tmp_path / 'root', {'tea': 3, 'cafe': 3})
+  os.rename(os.fsencode(root / 'train' / 'cafe'), os.fsencode(root / 'train') + b'/caf\xe9')
+  os.rename(os.fsencode(root / 'train' / 'tea' / '0.jpg'),
+            os.fsencode(root / 'train' / 'tea') + b'/th\xe9.jpg')
+  metadata = prepare.prepare(root, tmp_path / 'out', val_fraction=0.0)
+  assert metadata['class_names'] == ['caf\\xe9', 'tea']
+  train = load_folder_split('train', str(tmp_path / 'out'))
+  keys = [train.records[i]['key'].split(' ')[0] for i in range(len(train))]
+  assert 'train/tea/th\\xe9.jpg' in keys and len(keys) == 6
+
+
+def test_a_cut_short_array_record_file_is_named(tmp_path):
+  root = write_image_folder(tmp_path / 'root', {'a': 3})
+  prepare.prepare(root, tmp_path / 'out', val_fraction=0.0)
+  path = tmp_path / 'out' / 'train.array_record'
+  path.write_bytes(path.read_bytes()[:100])
+  with pytest.raises(ValueError, match=f'{path} is not a readable ArrayRecord file'):
+    load_folder_split('train', str(tmp_path / 'out'))
 
 
 def test_folder_source_bad_inputs(tmp_path):

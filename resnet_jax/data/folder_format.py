@@ -7,6 +7,7 @@ A record is `<u32 label><u16 n><n bytes of UTF-8 path><image file bytes>` (littl
 """
 
 import json
+import os
 import struct
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,14 @@ def split_file(split: str) -> str:
   return f'{split}.array_record'
 
 
+def text(name: str) -> str:
+  """A file system name as text: its bytes that are not UTF-8 (a Latin-1 name from an old
+  archive, say) written as \\xNN."""
+  return os.fsencode(name).decode('utf-8', 'backslashreplace')
+
+
 def encode_record(label: int, path: str, image: bytes) -> bytes:
-  path_bytes = path.encode('utf-8')
+  path_bytes = text(path).encode('utf-8')
   return _HEADER.pack(label, len(path_bytes)) + path_bytes + image
 
 

@@ -15,7 +15,11 @@ class FolderRecords:
 
   def __init__(self, path: str):
     self.path = path
-    self._source = grain.sources.ArrayRecordDataSource([path])
+    try:
+      self._source = grain.sources.ArrayRecordDataSource([path])
+    except RuntimeError as e:   # array_record's own error names no file, at times nothing
+      raise ValueError(f'{path} is not a readable ArrayRecord file ({e or "corrupt or cut short"}'
+                       '); copy it again, or prepare the dataset again') from e
 
   def __len__(self) -> int:
     return len(self._source)

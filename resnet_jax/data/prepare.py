@@ -48,7 +48,7 @@ def scan_classes(split_dir: Path) -> dict[str, list[Path]]:
     if not files:
       raise ValueError(f'class folder {class_dir} has no image files (extensions: '
                        f'{", ".join(sorted(IMAGE_EXTENSIONS))}); remove it or add images')
-    classes[class_dir.name] = files
+    classes[folder_format.text(class_dir.name)] = files
   if not classes:
     raise ValueError(f'{split_dir} has no class subfolders (expected {split_dir}/<class>/*.jpg)')
   return classes
@@ -65,7 +65,7 @@ def pick_val(files: list[Path], root: Path, fraction: float) -> set[Path]:
   k = min(round(fraction * n), max(n - 1, 0))
   if fraction > 0 and n > 1:
     k = max(k, 1)
-  by_hash = sorted(files, key=lambda f: hashlib.sha1(str(f.relative_to(root)).encode()).digest())
+  by_hash = sorted(files, key=lambda f: hashlib.sha1(os.fsencode(f.relative_to(root))).digest())
   return set(by_hash[:k])
 
 
