@@ -16,7 +16,9 @@ training error is below 80% (about 400 iterations)", stated for ResNet-110.
 The paper reports test error 8.75% (ResNet-20), 7.51% (32), 7.17% (44), 6.97% (56), 6.43% (110),
 7.93% (1202). Stochastic depth as Huang et al. (2016) set it (the last block kept with probability
 0.5, linearly more often below) is `--config.model.drop_path_rate=0.5`; their runs also trained
-longer than this recipe. Needs `tfds build cifar10` first (extra `prepare`; see the README).
+longer than this recipe. Needs CIFAR-10 prepared once as ArrayRecord (README, "Datasets from the
+tfds catalog"): `tfds build cifar10 --data_dir=DIR --file_format=array_record`, then
+`--config.data.data_dir=DIR`.
 """
 
 from resnet_jax.recipes import cifar10_recipe

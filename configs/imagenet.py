@@ -24,8 +24,9 @@ biases, zero-init of each block's last BN, Nesterov momentum, ResNet v1.5 (torch
 layout). torchvision reports 76.1% top-1 for
 its v1.5 ResNet-50 with a plainer recipe.
 
-Needs the ILSVRC-2012 tars prepared with tfds (extra `prepare`; see the README); set
-`--config.data.data_dir` where they are.
+Needs the ILSVRC-2012 tars prepared once as ArrayRecord (README, "Datasets from the tfds
+catalog"): `tfds build imagenet2012 --data_dir=DIR --file_format=array_record --manual_dir=TARS`,
+then `--config.data.data_dir=DIR`.
 """
 
 from resnet_jax.recipes import imagenet_recipe

@@ -7,7 +7,8 @@ The directory holds train-images-idx3-ubyte(.gz), train-labels-idx1-ubyte(.gz), 
 CIFAR-style ResNet-20 with one input channel and the Fashion-MNIST recipe for 15 epochs
 (`fast` and `best` keep their own), without horizontal flips (digits are not mirror-symmetric).
 Variant argument: another CIFAR-family model (`:resnet56`, `:plain20`, ...). With the tfds catalog instead:
-`--config.data.source=tfds --config.data.name=mnist`.
+`--config.data.source=tfds --config.data.name=mnist --config.data.data_dir=DIR`, DIR prepared as the
+README's "Datasets from the tfds catalog" says.
 """
 
 from resnet_jax.recipes import idx_recipe

@@ -181,10 +181,12 @@ def lower_is_better(metric: str) -> bool:
   return 'loss' in metric or 'error' in metric
 
 
-def is_better(new: dict[str, float], old: dict[str, float], metric: str) -> bool:
+def replaces_best(new: dict[str, float], best: dict[str, float], metric: str) -> bool:
+  """Whether the later eval `new` takes the place of `best`: better or as good, the later of
+  equals winning as in orbax's best_step() (the step of the 'best' checkpoint)."""
   if lower_is_better(metric):
-    return new[metric] < old[metric]
-  return new[metric] > old[metric]
+    return new[metric] <= best[metric]
+  return new[metric] >= best[metric]
 
 
 def _resolved(config: dict[str, Any]) -> dict[str, Any]:

@@ -77,7 +77,8 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.batch_size = 64           # global, over all devices and hosts
   c.eval_batch_size = 128
-  c.num_epochs = 1.0          # used when num_steps <= 0
+  # The run's length: num_steps, or num_epochs where num_steps is 0 (one of them, not both).
+  c.num_epochs = 0.0
   c.num_steps = 40
   c.dtype = 'float32'         # compute dtype: 'float32' or 'bfloat16'
   # True: XLA's deterministic GPU ops (xla_gpu_deterministic_ops), which also skip autotuning:
@@ -139,6 +140,18 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def unknown_field(error: AttributeError | KeyError) -> str | None:
+  """'unknown config field ...' where `error` is ml_collections' for a field that the locked
+  schema lacks; None for any other error (a bug, to keep its traceback)."""
+  detail = error
+  while isinstance(detail, BaseException) and detail.args:   # ml_collections wraps a KeyError
+    detail = detail.args[0]
+  detail = str(detail)
+  if 'Did you mean' not in detail and 'config is locked' not in detail:
+    return None
+  return f'unknown config field {detail.replace(chr(10), "; ")}'
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, for `app.run(main, flags_parser=parse_flags)`: a config field that the
   schema lacks (in a --config.a.b override or the config file) ends the program with one line
@@ -147,13 +160,9 @@ def parse_flags(argv: list[str]) -> list[str]:
   try:
     return app.parse_flags_with_usage(argv)
   except (AttributeError, KeyError) as e:
-    detail = e
-    while isinstance(detail, BaseException) and detail.args:   # ml_collections wraps a KeyError
-      detail = detail.args[0]
-    detail = str(detail)
-    if 'Did you mean' not in detail and 'config is locked' not in detail:
-      raise   # not a missing field of the locked schema: a bug, with its traceback
-    print(f'error: unknown config field {detail.replace(chr(10), "; ")}', file=sys.stderr)
+    if (message := unknown_field(e)) is None:
+      raise
+    print(f'error: {message}', file=sys.stderr)
     sys.exit(1)
 
 
@@ -238,6 +247,8 @@ def saved_config(values: Mapping[str, Any],
         raise ValueError(f'{source}: {name} is {value!r}: {e}') from e
 
   merge(c, values, '')
+  if c.num_steps > 0 and c.num_epochs > 0:   # saved before one of them had to be 0: steps ruled
+    c.num_epochs = 0
   return c
 
 

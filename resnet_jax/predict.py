@@ -13,8 +13,9 @@ crop, normalised; where data.eval_resize is 0, the shorter side to image_size:
 or with --json one line `{"file": ..., "top": [{"class": ..., "probability": ...}, ...]}`.
 --good_class=NAME (quality control) flags every image whose top class is not NAME (`"flagged":
 true`, or FLAGGED in the text) and ends with a count of them (on stderr with --json, so that stdout
-holds only the per-image lines). Class names: those of the prepared image folder (dataset.json in
-data.data_dir), else those of the dataset source, else class indices.
+holds only the per-image lines). Class names: those the run recorded in DIR/run_info.json, else
+those of the prepared image folder (dataset.json in data.data_dir), else those of the dataset
+source, else class indices.
 
 A file that cannot be read or decoded is reported on stderr (and with --json as a line with an
 "error" field); the other files are still predicted. Exit status: 0 when at least one image was
@@ -66,10 +67,17 @@ def predict_transform(d: ml_collections.ConfigDict, channels: int) -> ImageTrans
   return dataclasses.replace(transform, eval_resize=transform.eval_resize or transform.size)
 
 
-def dataset_class_names(d: ml_collections.ConfigDict, num_classes: int) -> tuple[str, ...]:
-  """The class names stored with the dataset, or the indices where it cannot be read."""
+def class_names(workdir: Path, d: ml_collections.ConfigDict, num_classes: int) -> tuple[str, ...]:
+  """The class names the run recorded (run_info.json), else those stored with the dataset, else
+  the indices where it cannot be read (a relative data.data_dir seen from another directory)."""
   try:
-    if d.source == 'folder':
+    recorded = json.loads((workdir / 'run_info.json').read_text()).get('class_names')
+  except (OSError, ValueError, AttributeError):   # no file (an older run), or not a JSON object
+    recorded = None
+  try:
+    if recorded is not None:
+      names = tuple(map(str, recorded))
+    elif d.source == 'folder':
       names = tuple(folder_format.read_metadata(Path(d.data_dir))['class_names'])
     elif d.source == 'fake':
       names = tuple(str(i) for i in range(d.fake_num_classes))
@@ -91,7 +99,7 @@ class Predictor:
     self.config = config = trained.config
     self.step = trained.step
     self.variables = trained.variables
-    self.class_names = dataset_class_names(config.data, trained.num_classes)
+    self.class_names = class_names(Path(workdir), config.data, trained.num_classes)
     self.transform = predict_transform(config.data, trained.channels)
     self._apply = jax.jit(lambda variables, images: jax.nn.softmax(trained.model.apply(
         variables, prepare_images(images, None, train=False, data_config=config.data,

@@ -108,6 +108,7 @@ def cifar10_recipe(arg: str | None = None) -> ml_collections.ConfigDict:
   c.batch_size = 128
   c.eval_batch_size = 1024
   c.num_steps = 64_000
+  c.num_epochs = 0
   c.optimizer.lr = 0.1
   c.optimizer.lr_batch_size = 128
   c.optimizer.momentum = 0.9

@@ -139,7 +139,7 @@ def row(run: Run, label: str, tags: Sequence[str] = ()) -> list[str]:
   and the top-1 of each protocol in `tags` (@ its step where that is not the run's last)."""
   evals = run.evals
   final = evals[-1] if evals else {}
-  best = max(evals, key=lambda r: r['eval/top1']) if evals else {}
+  best = max(reversed(evals), key=lambda r: r['eval/top1']) if evals else {}   # ties: the later
   train = [r for r in run.records if 'train/top1' in r]
   train_err = 1 - train[-1]['train/top1'] if train else None
   last, total = run.records[-1]['step'], run.run_info.get('steps')

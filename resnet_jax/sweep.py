@@ -34,7 +34,7 @@ from typing import Any, NamedTuple
 
 import ml_collections
 
-from resnet_jax.config_base import config_changes, describe_changes
+from resnet_jax.config_base import config_changes, describe_changes, unknown_field
 from resnet_jax.progress import own_info_logs_only
 
 
@@ -54,8 +54,13 @@ def load_sweep(spec: str) -> Sweep:
   module_spec.loader.exec_module(module)
   if not hasattr(module, 'get_sweep'):
     raise ValueError(f'{path} defines no get_sweep(arg): it is not a sweep config')
-  return Sweep(module.get_config(arg or None), module.get_sweep(arg or None),
-               tuple(getattr(module, 'EVAL_PROTOCOLS', ())))
+  try:
+    config = module.get_config(arg or None)
+  except (AttributeError, KeyError) as e:
+    if (message := unknown_field(e)) is None:
+      raise   # a bug in the file: its traceback
+    raise ValueError(f'{path}: {message}') from e
+  return Sweep(config, module.get_sweep(arg or None), tuple(getattr(module, 'EVAL_PROTOCOLS', ())))
 
 
 def point_name(overrides: dict[str, Any]) -> str:
@@ -232,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument('--print-commands', action='store_true',
                       help='print the per-point commands and exit')
   parser.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
-                      help='override for every point, e.g. --set=num_epochs=1 (repeatable)')
+                      help='override for every point, e.g. --set=num_steps=100 (repeatable)')
   parser.add_argument('--seeds', type=int, default=1,
                       help='runs of every point, with consecutive seeds (default 1)')
   args = parser.parse_args(argv)

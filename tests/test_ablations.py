@@ -49,7 +49,7 @@ def cheap(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                 fake_num_examples=16, holdout=0, augment='none', eval_resize=0,
                 device_resident=False, num_workers=0)
   c.batch_size = c.eval_batch_size = 8
-  c.num_steps = 2
+  c.num_steps, c.num_epochs = 2, 0
   c.log_every_steps = 1
   return c
 

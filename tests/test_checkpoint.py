@@ -170,6 +170,24 @@ def test_the_best_checkpoint_is_found_and_kept_across_a_resume(tmp_path, metric,
   resumed.close()
 
 
+def test_on_tied_evals_the_summary_the_report_and_the_best_checkpoint_name_the_later(
+    tmp_path, devices):
+  """A net that does not change (learning rate 0, BN statistics frozen) evaluates the same at
+  steps 2 and 4: best is step 4 in the summary, in the report and as the 'best' checkpoint."""
+  from resnet_jax import report
+  config = fake_config(num_steps=4, eval_every_steps=2, checkpoint_every_steps=2)
+  config.optimizer.lr = 0.0
+  config.model.bn_momentum = 1.0
+  summary = train_and_evaluate(config, tmp_path)
+  evals = [r for r in read_metrics(tmp_path) if 'eval/top1' in r]
+  assert [r['step'] for r in evals] == [2, 4] and evals[0]['eval/top1'] == evals[1]['eval/top1']
+  assert summary['best']['step'] == 4
+  assert '@4' in report.row(report.load_run(tmp_path), 'run')[4]
+  ckpt = Checkpointer(tmp_path)
+  assert ckpt.best_step() == 4
+  ckpt.close()
+
+
 def test_the_summary_best_counts_the_evals_before_a_resume_whose_checkpoints_are_gone(
     tmp_path, devices):
   def config(num_steps):
@@ -267,6 +285,9 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_good_checkpoint(tmp_path, 
   assert ckpt.latest_step() == 2
   ckpt.close()
   assert max(r['step'] for r in read_metrics(tmp_path)) == 2   # nothing logged from the NaN state
+  # The 2-step run's summary went when the longer one started: a sweep must not count the run,
+  # stopped without a summary of its own, as finished.
+  assert not (tmp_path / 'summary.json').exists()
 
 
 def test_a_non_finite_loss_names_the_last_checkpoint_whose_losses_were_all_finite():

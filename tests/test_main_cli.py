@@ -33,6 +33,7 @@ def test_every_config_loads_with_a_docstring(name):
   assert text.startswith('"""') and 'python -m resnet_jax' in text.split('"""')[1], name
   config = load_config(name)
   assert config.model.name
+  assert (config.num_steps > 0) != (config.num_epochs > 0), name   # the run's length, once
   # Batches that split over the 8 GPUs or TPU cores of a usual host.
   assert config.batch_size % 8 == 0 and config.eval_batch_size % 8 == 0, name
 
@@ -123,6 +124,16 @@ def test_missing_data_fails_before_the_workdir_is_made(tmp_path):
                f'--config.data.data_dir={tmp_path / "nowhere"}')
   assert r.returncode == 1 and 'nowhere does not exist' in r.stderr
   assert not (tmp_path / 'run').exists()
+
+
+def test_a_length_in_epochs_and_in_steps_fails_before_the_workdir_is_made(tmp_path):
+  """configs/fake.py trains for num_steps: num_epochs on top is refused, not ignored."""
+  r = run_main('--config=configs/fake.py', f'--workdir={tmp_path / "run"}', '--config.num_epochs=2')
+  assert r.returncode == 1
+  assert "num_steps=40 and num_epochs=2.0 both set the run's length" in r.stderr
+  assert not (tmp_path / 'run').exists()
+  r = run_main('--config=configs/fake.py', f'--workdir={tmp_path / "run"}', '--config.num_steps=0')
+  assert r.returncode == 1 and 'one of them must be positive' in r.stderr
 
 
 def test_missing_workdir_fails_clearly():

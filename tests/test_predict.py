@@ -95,7 +95,8 @@ def test_a_photo_larger_than_the_crop_is_seen_whole_where_eval_does_not_resize()
 
 def test_a_run_saved_by_another_version_still_predicts(run, tmp_path, caplog):
   """config.json of a run from before a field was added (here data.nvimgcodec_backends) or
-  after one was removed: the added field takes its default, the removed one is logged."""
+  after one was removed: the added field takes its default, the removed one is logged. A length
+  in steps and in epochs (where steps ruled, before one of them had to be 0) reads as steps."""
   import logging
   import shutil
   workdir, images = run
@@ -104,14 +105,38 @@ def test_a_run_saved_by_another_version_still_predicts(run, tmp_path, caplog):
   saved = json.loads((old / 'config.json').read_text())
   del saved['data']['nvimgcodec_backends']
   saved['data']['retired_option'] = 3
+  saved['num_epochs'] = 1.0
   (old / 'config.json').write_text(json.dumps(saved))
   with caplog.at_level(logging.WARNING):
     predictor = predict.Predictor(old)
   assert predictor.config.data.nvimgcodec_backends == base_config().data.nvimgcodec_backends
   assert predictor.config.data.scale_range == tuple(saved['data']['scale_range'])
   assert 'data.retired_option' in caplog.text
+  assert (predictor.config.num_steps, predictor.config.num_epochs) == (2, 0)
   files = predict.find_images([images / 'good'])
   assert len(list(predict.predict(predictor, files, top_k=1, good_class='good'))) == CLASSES['good']
+
+
+def test_class_names_come_from_the_run_where_the_dataset_is_not_found(run, tmp_path, caplog):
+  """A relative data.data_dir seen from another directory (or a dataset moved away): the names
+  the run recorded in run_info.json; a run without them (an older version) falls back to the
+  class indices, with a warning."""
+  import logging
+  import shutil
+  workdir, _ = run
+  moved = tmp_path / 'moved_run'
+  shutil.copytree(workdir, moved)
+  saved = json.loads((moved / 'config.json').read_text())
+  saved['data']['data_dir'] = 'data/fabric'
+  (moved / 'config.json').write_text(json.dumps(saved))
+  assert json.loads((moved / 'run_info.json').read_text())['class_names'] == ['good', 'hole']
+  assert predict.Predictor(moved).class_names == ('good', 'hole')
+  info = json.loads((moved / 'run_info.json').read_text())
+  del info['class_names']
+  (moved / 'run_info.json').write_text(json.dumps(info))
+  with caplog.at_level(logging.WARNING):
+    assert predict.Predictor(moved).class_names == ('0', '1')
+  assert 'class names unavailable' in caplog.text and 'data/fabric' in caplog.text
 
 
 @pytest.mark.parametrize('path, value, message', [

@@ -255,3 +255,10 @@ def test_bad_override_is_an_error_naming_it(config_file, tmp_path, capsys):
   assert sweep.main([f'--config={config_file}', f'--workdir={tmp_path}',
                      '--set=model.name=small_plain']) == 1   # would make both points one run
   assert '--set model.name: the grid of' in capsys.readouterr().err
+  config_file.write_text(SWEEP_CONFIG.replace('c.num_steps = 2', 'c.num_stepz = 2'))
+  assert sweep.main([f'--config={config_file}', f'--workdir={tmp_path}']) == 1
+  err = capsys.readouterr().err
+  assert f'error: {config_file}: unknown config field' in err and 'num_stepz' in err
+  config_file.write_text(SWEEP_CONFIG.replace('c.num_steps = 2', 'c.num_steps = None.real'))
+  with pytest.raises(AttributeError):   # a bug in the file, not a missing field: its traceback
+    sweep.main([f'--config={config_file}', f'--workdir={tmp_path}'])

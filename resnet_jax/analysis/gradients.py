@@ -74,7 +74,7 @@ def analysis_config(model: str, data: str, batch_size: int):
   c.model.shortcut = ''
   c.batch_size = batch_size
   c.eval_batch_size = batch_size
-  c.num_steps = 1
+  c.num_steps, c.num_epochs = 1, 0
   # The recipe's peak rate, held: the norms at a step must not depend on which other steps are
   # asked for (a schedule in fractions of the run would stretch with the last of them).
   c.schedule.update(name='constant', warmup=0, boundaries=())

@@ -20,7 +20,7 @@ from absl import logging
 
 from resnet_jax import parallel, profiling, runtime
 from resnet_jax.checkpoint import (Checkpointer, PreemptionWatcher, check_shared_directory,
-                                   is_better, write_json)
+                                   replaces_best, write_json)
 from resnet_jax.config_base import print_config_changes
 from resnet_jax.models.summary import count_params
 from resnet_jax.progress import Progress, format_end_summary, format_start_summary
@@ -100,6 +100,7 @@ def run_info(trainer: Trainer, state: TrainState, train_input, eval_input) -> di
       'per_device_batch': trainer.config.batch_size // n_dev,
       'train_examples': train_input.num_examples,
       'eval_examples': eval_input.num_examples,
+      'class_names': list(eval_input.info.class_names),
       'steps_per_epoch': trainer.steps_per_epoch,
       'steps': trainer.total_steps,
       'jax': jax.__version__,
@@ -170,7 +171,7 @@ def best_logged_eval(workdir: Path, metric: str, up_to_step: int) -> dict[str, f
   for record in read_metrics(workdir):
     if metric in record and record['step'] <= up_to_step:
       evaluated = {k: v for k, v in record.items() if k.startswith('eval/')}
-      if not best or is_better(evaluated, best, metric):
+      if not best or replaces_best(evaluated, best, metric):
         best = dict(evaluated, step=record['step'])
   return best
 
@@ -240,6 +241,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
       print(f'{workdir} finished at step {int(state.step)}: nothing to do (another workdir '
             'starts another run)', flush=True)
     return json.loads(summary_path.read_text())
+  if main:   # stale from here: a run stopped without a new one must not count as finished
+    summary_path.unlink(missing_ok=True)
   if state is not None and main:
     print_config_changes(workdir / 'config.json', config, 'resuming')
   trainer = with_teacher(trainer)
@@ -309,7 +312,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
           writer.write_scalars(step, eval_metrics, epoch=step / trainer.steps_per_epoch)
           progress.write(f'step {step}: '
                          + ', '.join(f'{k} {v:.4f}' for k, v in eval_metrics.items()))
-          if not best or is_better(eval_metrics, best, config.best_metric):
+          if not best or replaces_best(eval_metrics, best, config.best_metric):
             best = dict(eval_metrics, step=step)
         ckpt.save(step, state, train_input.get_state(), config,
                   eval_metrics if evaluated else None, ema_statistics.window())

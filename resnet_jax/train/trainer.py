@@ -63,9 +63,17 @@ def create_model_from_config(config: ml_collections.ConfigDict, num_classes: int
 
 
 def total_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
-  if config.num_steps > 0:
-    return int(config.num_steps)
-  return int(math.ceil(config.num_epochs * steps_per_epoch))
+  """num_steps, or num_epochs in steps; refuses a config that sets both or neither."""
+  steps, epochs = config.num_steps, config.num_epochs
+  if steps > 0 and epochs > 0:
+    raise ValueError(f'num_steps={steps} and num_epochs={epochs} both set the run\'s length: set '
+                     'the other to 0 (--config.num_steps=0 to train by epochs)')
+  if steps < 0 or epochs < 0 or not (steps or epochs):
+    raise ValueError(f'num_steps={steps}, num_epochs={epochs}: one of them must be positive (the '
+                     'run\'s length), the other 0')
+  if steps > 0:
+    return int(steps)
+  return int(math.ceil(epochs * steps_per_epoch))
 
 
 class BoundStep:
