@@ -77,7 +77,8 @@ def main():
   report = table(results)
   (a.out / 'table.md').write_text(report + '\n')
   print(report)
+  return 0 if len(results) == len(names) else 1   # a failed case fails the run
 
 
 if __name__ == '__main__':
-  main()
+  sys.exit(main())

@@ -1,8 +1,9 @@
 """Where the trainer's feeding thread spends its time per batch (grain, then placing on the
 devices), and the rate of one or two feeding threads: `python3 benchmarks/feed_probe.py WORKERS
-BACKENDS|host` over the prepared JPEG folder /tmp/pr/jpds (as perf_run.sh makes it); two threads
-are `global_batches.feed`, the trainer's."""
-import sys, time
+BACKENDS|host [FOLDER]` over a prepared JPEG folder (default $WORK/jpds, as perf_run.sh makes it,
+WORK defaulting to /tmp/perf_run as there); two threads are `global_batches.feed`, the
+trainer's."""
+import os, sys, time
 import jax
 from resnet_jax import parallel
 from resnet_jax.data import grain_loader
@@ -13,7 +14,8 @@ from resnet_jax.data.transforms import ImageTransform
 
 def main():
   workers, backends = int(sys.argv[1]), sys.argv[2]
-  split = load_folder_split('train', '/tmp/pr/jpds')
+  folder = sys.argv[3] if len(sys.argv) > 3 else os.environ.get('WORK', '/tmp/perf_run') + '/jpds'
+  split = load_folder_split('train', folder)
   decoder = dict(decoder='host') if backends == 'host' else dict(decoder='nvimgcodec',
                                                                  nvimgcodec_backends=backends)
   t = ImageTransform(augment='inception_crop', size=224, channels=3, **decoder)

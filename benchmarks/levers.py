@@ -313,15 +313,16 @@ def apply_patch(name: str) -> None:
     raise ValueError(f'unknown patch {name!r}')
 
 
-def run_case(name: str, out: Path) -> dict | None:
+def run_case(name: str, out: Path, tag: str) -> dict | None:
+  """Runs case `name`, writing `tag`.log (the name, or name_K for its Kth run in one call)."""
   args, xla_flags, patch = CASES[name]
   env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {xla_flags}".strip())
   cmd = [sys.executable, __file__, '--patch', patch, '--'] + [a.format(out=out) for a in args]
   proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-  (out / f'{name}.log').write_text(proc.stdout + '\n' + proc.stderr)
+  (out / f'{tag}.log').write_text(proc.stdout + '\n' + proc.stderr)
   lines = [l for l in proc.stdout.splitlines() if l.startswith('{')]
   if proc.returncode or not lines:
-    print(f'{name}: failed (exit {proc.returncode}); see {out / name}.log', flush=True)
+    print(f'{name}: failed (exit {proc.returncode}); see {out / tag}.log', flush=True)
     return None
   print(proc.stdout, flush=True)
   return json.loads(lines[-1])
@@ -348,15 +349,19 @@ def main():
   if unknown:
     p.error(f'unknown cases {sorted(unknown)}; valid: {list(CASES)}')
   rows = ['| case | images/s | step ms | compile s | peak GiB |', '|---|---:|---:|---:|---:|']
-  for name in names:
-    r = run_case(name, a.out)
+  failed = 0
+  for i, name in enumerate(names):
+    tag = name if names.count(name) == 1 else f'{name}_{names[:i + 1].count(name)}'
+    r = run_case(name, a.out, tag)
+    failed += r is None
     if r:
-      (a.out / f'{name}.json').write_text(json.dumps(r, indent=1))
+      (a.out / f'{tag}.json').write_text(json.dumps(r, indent=1))
       rows.append(f"| {name} | {r['images_per_sec']:,.0f} | {r['step_ms']:.2f} | "
                   f"{r['compile_s']:.1f} | {r['peak_memory_gib'] or float('nan'):.1f} |")
   (a.out / 'levers.md').write_text('\n'.join(rows) + '\n')
   print('\n'.join(rows))
+  return 1 if failed else 0
 
 
 if __name__ == '__main__':
-  main()
+  sys.exit(main())

@@ -18,7 +18,10 @@
 #
 # Each part writes WORK/<part>.txt and WORK/<part>/ (WORK defaults to /tmp/perf_run); after each
 # part, OUT/results.tgz is rewritten with all of WORK but the profiler traces and the images.
-set -u
+# The exit status is 1 where a part failed (a case of compare or levers among them); the other
+# parts still run.
+set -u -o pipefail
+status=0   # 1 once a part failed; the other parts still run
 out=${1:?usage: perf_run.sh OUT [compare] [levers] [pipeline]}
 shift
 parts=${*:-compare levers pipeline}
@@ -35,10 +38,11 @@ pack() {
 for part in $parts; do
   case $part in
     compare)
-      python3 benchmarks/compare.py --out "$work/compare" --only "${COMPARE:-}" 2>&1 | tee "$work/compare.txt" ;;
+      python3 benchmarks/compare.py --out "$work/compare" --only "${COMPARE:-}" 2>&1 \
+        | tee "$work/compare.txt" || status=1 ;;
     levers)
       python3 benchmarks/levers.py --out "$work/levers" \
-        --only "${LEVERS:-rn50_base,rn50_b512}" 2>&1 | tee "$work/levers.txt" ;;
+        --only "${LEVERS:-rn50_base,rn50_b512}" 2>&1 | tee "$work/levers.txt" || status=1 ;;
     pipeline)
       data=$work/jpds
       if [ ! -f "$data/dataset.json" ]; then
@@ -74,8 +78,9 @@ generate_jpegs(Path('$work/jpegs'), ${NUM_JPEGS:-2048})"
               --pipeline --steps 40 --windows 5 --warmup "${PIPELINE_WARMUP:-300}"
           done
         done
-      } 2>&1 | tee "$work/pipeline.txt" ;;
+      } 2>&1 | tee "$work/pipeline.txt" || status=1 ;;
     *) echo "unknown part $part" >&2; exit 2 ;;
   esac
   pack
 done
+exit "$status"

@@ -12,7 +12,8 @@
 # WORKDIR must be a path all workers share (a gcsfuse-mounted bucket or a Filestore share;
 # gs:// URLs themselves are not supported yet): orbax writes checkpoints from every host.
 # Preemptible/spot slices get SIGTERM before they are taken: the trainer saves a checkpoint and
-# exits 0; run `train` again to resume.
+# exits 0; run `train` again to resume. `install` puts Python 3.11 (the package needs it; the
+# Ubuntu 22.04 images have 3.10) and resnet_jax in ~/.venvs/resnet_jax on every worker, with uv.
 set -euo pipefail
 usage() { sed -n '/^set -euo/q; 2,$p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 [ $# -ge 3 ] || usage
@@ -32,14 +33,16 @@ case "$cmd" in
   install)
     [ $# -ge 1 ] || usage
     repo=$1
-    ssh_all "git clone $repo resnet_jax 2>/dev/null || git -C resnet_jax pull; \
-      cd resnet_jax && pip install -c constraints.txt -e . 'jax[tpu]'"
+    ssh_all "set -e; python3 -m pip install -q --user uv; \
+      [ -x ~/.venvs/resnet_jax/bin/python ] || ~/.local/bin/uv venv -q -p 3.11 ~/.venvs/resnet_jax; \
+      git clone $repo resnet_jax 2>/dev/null || git -C resnet_jax pull; cd resnet_jax; \
+      ~/.local/bin/uv pip install -q -p ~/.venvs/resnet_jax/bin/python -c constraints.txt -e . 'jax[tpu]'"
     ;;
   train)
     [ $# -ge 2 ] || usage
     config=$1; workdir=$2; shift 2
     # Each argument quoted for the remote shell: an override such as "--config.x=(28,28,1)" whole.
-    ssh_all "cd resnet_jax && python -m resnet_jax.main --distributed$(printf ' %q' \
+    ssh_all "cd resnet_jax && PATH=~/.venvs/resnet_jax/bin:\$PATH python -m resnet_jax.main --distributed$(printf ' %q' \
       "--config=$config" "--workdir=$workdir" "$@")"
     ;;
   stop)

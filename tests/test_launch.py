@@ -1,6 +1,7 @@
 """The launch scripts' own logic, with a stand-in `python` on PATH (no training)."""
 
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -39,6 +40,60 @@ def test_multiprocess_local_stops_the_others_when_one_fails(tmp_path):
   for i in (0, 2):   # started, and gone
     pid = int((pids / str(i)).read_text())
     assert not Path(f'/proc/{pid}').exists() or 'zombie' in Path(f'/proc/{pid}/status').read_text()
+
+
+SLEEPING_PYTHON = '''#!/usr/bin/env bash
+# Writes its process id and CUDA_VISIBLE_DEVICES to PIDS/<process_id>, then sleeps a minute.
+for arg in "$@"; do
+  case "$arg" in
+    --process_id=*) id=${arg#--process_id=}
+      echo "$$ ${CUDA_VISIBLE_DEVICES:-}" > PIDS/$id.tmp && mv PIDS/$id.tmp PIDS/$id ;;
+  esac
+done
+exec sleep 60
+'''
+
+
+def start_local_processes(tmp_path, env: dict[str, str], n: int = 3) -> subprocess.Popen:
+  bin_dir, pids = tmp_path / 'bin', tmp_path / 'pids'
+  bin_dir.mkdir()
+  pids.mkdir()
+  (bin_dir / 'python').write_text(SLEEPING_PYTHON.replace('PIDS', str(pids)))
+  (bin_dir / 'python').chmod(0o755)
+  inherited = {k: v for k, v in os.environ.items()
+               if k not in ('JAX_PLATFORMS', 'CUDA_VISIBLE_DEVICES')}
+  return subprocess.Popen(
+      ['bash', 'launch/multiprocess_local.sh', str(n), 'configs/fake.py', str(tmp_path / 'run')],
+      cwd=ROOT, env=dict(inherited, PATH=f'{bin_dir}:{os.environ["PATH"]}', **env),
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def started(tmp_path, n: int = 3) -> list[list[str]]:
+  """Each process's [pid, CUDA_VISIBLE_DEVICES], once all have started."""
+  files = [tmp_path / 'pids' / str(i) for i in range(n)]
+  for _ in range(200):
+    if all(f.exists() for f in files):
+      return [f.read_text().split() for f in files]
+    time.sleep(0.05)
+  raise AssertionError('the processes did not start')
+
+
+def test_multiprocess_local_passes_a_sigterm_on_and_takes_the_listed_gpus(tmp_path):
+  """A SIGTERM to the script (or Ctrl-C) stops every process with SIGTERM, so that each can save
+  a checkpoint; process i gets the i-th GPU of CUDA_VISIBLE_DEVICES."""
+  proc = start_local_processes(tmp_path, {'CUDA_VISIBLE_DEVICES': '4,5,6'})
+  processes = started(tmp_path)
+  assert [gpu for _, gpu in processes] == ['4', '5', '6']
+  proc.send_signal(signal.SIGTERM)
+  assert proc.wait(timeout=20) == 143
+  for pid, _ in processes:
+    assert not Path(f'/proc/{pid}').exists() or 'zombie' in Path(f'/proc/{pid}/status').read_text()
+
+
+def test_multiprocess_local_refuses_fewer_listed_gpus_than_processes(tmp_path):
+  proc = start_local_processes(tmp_path, {'CUDA_VISIBLE_DEVICES': '4,5'})
+  _, err = proc.communicate(timeout=20)
+  assert proc.returncode == 2 and 'CUDA_VISIBLE_DEVICES=4,5 lists 2 GPUs for 3 processes' in err
 
 
 def test_each_launch_script_prints_its_header_as_usage():
