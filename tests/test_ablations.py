@@ -151,7 +151,11 @@ def test_every_point_builds_its_model(spec):
     np.testing.assert_allclose(trainer.schedule(0), 0.1 * peak if warms_up else peak, rtol=1e-6)
 
 
-def test_one_point_per_sweep_trains_or_traces():
+def test_every_sweep_file_is_checked_and_one_point_of_each_trains_or_traces():
+  """A sweep file added to configs/ablations/ must join SWEEPS (the budget sweep has its own
+  test), and one of its points TRAINED_POINT or TRACED_POINT."""
+  on_disk = {p.name for p in ABLATIONS.glob('*.py') if 'def get_sweep' in p.read_text()}
+  assert on_disk - {'budget_fashion_mnist.py'} == {s.partition(':')[0] for s in SWEEPS}
   assert set(TRAINED_POINT) | set(TRACED_POINT) == {s.partition(':')[0] for s in CHEAP_SWEEPS}
 
 

@@ -1,6 +1,7 @@
 """Checkpoints: exact resume, restore onto another mesh, kill -9, SIGTERM, bad checkpoints."""
 
 import json
+import logging
 import os
 import random
 import re
@@ -49,7 +50,7 @@ def per_step_losses(workdir):
 
 
 @pytest.mark.parametrize('device_resident', [False, True])
-def test_exact_resume(tmp_path, device_resident, devices):
+def test_exact_resume(tmp_path, device_resident, devices, caplog):
   data_dir = write_idx_dataset(tmp_path / 'data', num_train=96, num_test=32)
   n = 6
   common = dict(batch_size=16, log_every_steps=1, checkpoint_every_steps=n, eval_every_steps=100)
@@ -58,7 +59,9 @@ def test_exact_resume(tmp_path, device_resident, devices):
 
   first_half = idx_config(data_dir, device_resident, num_steps=n, **common)
   train_and_evaluate(first_half, tmp_path / 'resumed')
-  train_and_evaluate(straight, tmp_path / 'resumed')
+  with caplog.at_level(logging.INFO, logger='absl'):
+    train_and_evaluate(straight, tmp_path / 'resumed')
+  assert f'training from step {n} of {2 * n}' in caplog.text   # resumed, not started again
 
   a, _ = final_params(tmp_path / 'straight', straight)
   b, _ = final_params(tmp_path / 'resumed', straight)
@@ -72,7 +75,7 @@ def test_exact_resume(tmp_path, device_resident, devices):
 
 
 def test_a_resume_inside_the_ema_statistics_window_recomputes_them_as_without(tmp_path, devices,
-                                                                            monkeypatch):
+                                                                            monkeypatch, caplog):
   """A checkpoint taken while the batches for the EMA weights' BN statistics are being gathered
   keeps them: the resumed run evaluates and saves the statistics of the uninterrupted one."""
   config = fake_config(num_steps=8, eval_every_steps=8, checkpoint_every_steps=100)
@@ -86,7 +89,9 @@ def test_a_resume_inside_the_ema_statistics_window_recomputes_them_as_without(tm
   monkeypatch.setattr(loop, 'PreemptionWatcher', PreemptedAtStep6)
   assert train_and_evaluate(config, tmp_path / 'resumed')['preempted']
   monkeypatch.undo()
-  resumed = train_and_evaluate(config, tmp_path / 'resumed')
+  with caplog.at_level(logging.INFO, logger='absl'):
+    resumed = train_and_evaluate(config, tmp_path / 'resumed')
+  assert 'training from step 6 of 8' in caplog.text   # resumed, not started again
   assert resumed['final'] == pytest.approx(straight['final'], rel=1e-5)
   trainer = Trainer(config, parallel.create_mesh(), num_classes=10, image_shape=(16, 16, 3),
                     steps_per_epoch=1)
@@ -104,7 +109,10 @@ def test_checkpoint_restores_onto_another_mesh(tmp_path, devices):
   train_and_evaluate(config, tmp_path)   # 8 devices
   state8, _ = final_params_for(tmp_path, config, num_devices=8)
   state1, _ = final_params_for(tmp_path, config, num_devices=1)
-  assert state1.params is not None
+  assert int(state8.step) == int(state1.step) == 4
+  initial = Trainer(config, parallel.create_mesh(1), num_classes=10, image_shape=(16, 16, 3),
+                    steps_per_epoch=1).init_state()
+  assert not np.allclose(jax.tree.leaves(state1.params)[0], jax.tree.leaves(initial.params)[0])
   leaf = jax.tree.leaves(state1.params)[0]
   for x, y in zip(jax.tree.leaves(state8.params), jax.tree.leaves(state1.params)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

@@ -205,12 +205,17 @@ def test_tfds_source_through_create_input(tmp_path, devices):
   assert sum(int(b['mask'].sum()) for b in batches) == 20
 
 
-def test_workers_give_the_same_batches(folder, devices):
+def test_workers_give_the_same_batches(folder, devices, monkeypatch):
+  workers = []
+  host_batches = grain_loader.host_batches
+  monkeypatch.setattr(grain_loader, 'host_batches',
+                      lambda ds, **kw: workers.append(kw['num_workers']) or host_batches(ds, **kw))
   mesh = parallel.create_mesh()
   c = folder_config(folder, augment='inception_crop')
   in_process = take(create_input(c, mesh, train=True), 4)
   c.data.num_workers = 2
   assert_same(take(create_input(c, mesh, train=True), 4), in_process)
+  assert workers == [0, 2]   # the second input did decode in two worker processes
   resumed = create_input(c, mesh, train=True)
   resumed.set_state({'epoch': 0, 'position': 2})
   assert_same(take(resumed, 2), in_process[2:])
@@ -223,6 +228,7 @@ def test_nvimgcodec_workers_give_the_host_decoders_batches(folder, devices):
   c = folder_config(folder)
   host = take(create_input(c, mesh, train=True), 2), list(create_input(c, mesh, train=False))
   c.data.update(decoder='nvimgcodec', num_workers=2)
+  assert ImageTransform.from_config(c.data, 3).decoder == 'nvimgcodec'   # not the host's again
   nv = take(create_input(c, mesh, train=True), 2), list(create_input(c, mesh, train=False))
   for ours, theirs in zip(nv, host):
     assert_same(ours, theirs)

@@ -65,6 +65,26 @@ def test_text_output_top_k_and_flags(run, capsys):
   assert line.endswith('FLAGGED')
 
 
+def test_each_class_gets_the_models_probability_for_it(run):
+  """The probabilities printed for a class name are the model's softmax at that class's index
+  (the dataset's sorted class folders), computed here without the predictor's batching."""
+  import jax
+  import jax.numpy as jnp
+  from resnet_jax.data.device_ops import prepare_images
+  from resnet_jax.train.restore import restore_trained
+  workdir, images = run
+  predictor = predict.Predictor(workdir)
+  files = predict.find_images([images / 'good', images / 'hole'])[:5]
+  results = list(predict.predict(predictor, files, top_k=2))
+  trained = restore_trained(workdir)
+  crops = jnp.asarray(np.stack([predictor.preprocess(f) for f in files]))
+  logits = trained.model.apply(trained.variables, prepare_images(
+      crops, None, train=False, data_config=trained.config.data, dtype=jnp.float32), train=False)
+  for r, p in zip(results, np.asarray(jax.nn.softmax(logits)), strict=True):
+    assert {t['class']: t['probability'] for t in r['top']} == pytest.approx(
+        dict(zip(sorted(CLASSES), p)), abs=1e-5)
+
+
 def test_unknown_good_class_lists_the_classes(run):
   workdir, images = run
   predictor = predict.Predictor(workdir)

@@ -528,16 +528,19 @@ def test_loop_stores_the_recomputed_ema_statistics_and_trains_as_without(tmp_pat
 
 def test_the_first_batch_is_made_while_the_state_initialises(tmp_path, devices, monkeypatch):
   """Start-up overlaps the state's initialisation with making the first batch (whose functions
-  compile then), besides compiling the steps."""
+  compile then), besides compiling the steps: in another thread, while init_state waits."""
   made = threading.Event()
+  threads = {}
   iterate, init_state = TrainInput.__iter__, Trainer.init_state
 
   def recorded_iter(self):
     for batch in iterate(self):
+      threads.setdefault('first batch', threading.get_ident())
       made.set()
       yield batch
 
   def init_state_after_the_first_batch(self):
+    threads['init_state'] = threading.get_ident()
     assert made.wait(timeout=30), 'the first batch was not made while the state initialised'
     return init_state(self)
 
@@ -545,6 +548,7 @@ def test_the_first_batch_is_made_while_the_state_initialises(tmp_path, devices, 
   monkeypatch.setattr(Trainer, 'init_state', init_state_after_the_first_batch)
   summary = train_and_evaluate(fake_config(num_steps=2), tmp_path)
   assert summary['steps'] == 2
+  assert threads['first batch'] != threads['init_state']
 
 
 def test_logged_step_time_leaves_out_evals_and_checkpoints(tmp_path, devices, monkeypatch):
