@@ -214,3 +214,26 @@ def test_a_workdir_that_is_not_shared_is_refused(tmp_path):
                                  (workdirs, 'is not shared: process(es) [1]')):
     for status, out in run_processes(eval_workdirs, data_dir, 1, tmp_path, ('--mode=eval',)):
       assert status == 1 and message in out, out[-2000:]
+
+
+def test_a_failed_process_of_a_multi_process_job_ends_at_once(monkeypatch, capsys):
+  """After an error, a process of a multi-process job leaves through os._exit with its output
+  flushed (the interpreter's exit could hang in the CPU client's destructor); a single process
+  exits as usual."""
+  from resnet_jax import main
+
+  class Exited(Exception):
+    pass
+
+  def fake_exit(code):
+    raise Exited(code)
+
+  monkeypatch.setattr(main.os, '_exit', fake_exit)
+  monkeypatch.setattr(jax.distributed, 'is_initialized', lambda: True)
+  print('error: the reason', file=sys.stderr)
+  with pytest.raises(Exited, match='1'):
+    main.exit_after_error(1)
+  assert 'the reason' in capsys.readouterr().err
+  monkeypatch.setattr(jax.distributed, 'is_initialized', lambda: False)
+  with pytest.raises(SystemExit, match='1'):
+    main.exit_after_error(1)
