@@ -5,7 +5,6 @@ overrides (`--config.optimizer.lr=0.2`); an unknown field is an error. The same 
 same workdir resumes from the latest checkpoint.
 """
 
-import os
 import sys
 
 from absl import app, flags, logging
@@ -53,21 +52,6 @@ def main(argv: list[str]) -> int:
   return 0
 
 
-def exit_after_error(code: int) -> None:
-  """Ends a process whose run failed. In a multi-process job it ends at once, its output
-  flushed: the interpreter's own exit could hang there, in the destructor of JAX's CPU client
-  joining a thread that waits on a process already gone (seen in 1 of 40 failed two-process
-  evaluations on a loaded 2-core machine, jax 0.10.2). Checkpoints are already written (the loop
-  waits for them before an error leaves it) and metrics are flushed line by line."""
-  jax = sys.modules.get('jax')
-  if jax is not None and jax.distributed.is_initialized():
-    logging.flush()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-  sys.exit(code)
-
-
 def run() -> None:
   own_info_logs_only()
   try:
@@ -75,7 +59,7 @@ def run() -> None:
   except (ValueError, OSError, FloatingPointError) as e:  # bad input, files, NaN: no traceback
     logging.error('%s', e)
     print(f'error: {e}', file=sys.stderr)
-    exit_after_error(1)
+    parallel.exit_after_error(1)
 
 
 if __name__ == '__main__':

@@ -8,6 +8,7 @@ one CPU, eight GPUs or a TPU pod; only the mesh changes.
 
 import os
 import socket
+import sys
 import time
 from typing import Any
 
@@ -141,6 +142,20 @@ def initialize_distributed(coordinator: str = '', num_processes: int = 0, proces
     where = coordinator or 'the auto-detected coordinator'
     raise ConnectionError(f'could not join the distributed job at {where} within {timeout_s} s: '
                        f'{e}') from e
+
+
+def exit_after_error(code: int) -> None:
+  """Ends a process whose run failed. In a multi-process job it ends at once, its output
+  flushed: the interpreter's own exit could hang there, in the destructor of JAX's CPU client
+  joining a thread that waits on a process already gone (seen in 1 of 42 failed two-process
+  evaluations on a loaded 2-core machine, jax 0.10.2). Checkpoints are already written (the loop
+  waits for them before an error leaves it) and metrics are flushed line by line."""
+  if jax.distributed.is_initialized():
+    logging.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+  sys.exit(code)
 
 
 def wait_for_coordinator(address: str, timeout_s: float) -> None:

@@ -220,20 +220,18 @@ def test_a_failed_process_of_a_multi_process_job_ends_at_once(monkeypatch, capsy
   """After an error, a process of a multi-process job leaves through os._exit with its output
   flushed (the interpreter's exit could hang in the CPU client's destructor); a single process
   exits as usual."""
-  from resnet_jax import main
-
   class Exited(Exception):
     pass
 
   def fake_exit(code):
     raise Exited(code)
 
-  monkeypatch.setattr(main.os, '_exit', fake_exit)
+  monkeypatch.setattr(parallel.os, '_exit', fake_exit)
   monkeypatch.setattr(jax.distributed, 'is_initialized', lambda: True)
   print('error: the reason', file=sys.stderr)
   with pytest.raises(Exited, match='1'):
-    main.exit_after_error(1)
+    parallel.exit_after_error(1)
   assert 'the reason' in capsys.readouterr().err
   monkeypatch.setattr(jax.distributed, 'is_initialized', lambda: False)
   with pytest.raises(SystemExit, match='1'):
-    main.exit_after_error(1)
+    parallel.exit_after_error(1)
